@@ -1,0 +1,42 @@
+# Two commands matter: `make demo` and `make test`. Both start with `setup`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo lint format typecheck clean
+
+setup: $(STAMP)
+
+# The stamp makes setup a no-op until pyproject.toml changes. torch goes in first and pinned:
+# pip then takes the local CPU wheel instead of resolving a CUDA build from the index.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# A private broker on a free loopback port lives for the whole suite; pytest's exit code wins.
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/glintstream broker --port 0 --run-dir .run/test-broker -- \
+		$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/honcho start -f Procfile
+
+lint: setup
+	$(BIN)/ruff check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: setup
+	$(BIN)/mypy
+
+clean:
+	rm -rf .run build dist *.egg-info .pytest_cache .hypothesis .ruff_cache .mypy_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

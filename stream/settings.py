@@ -1,0 +1,151 @@
+"""One typed settings object for the whole system.
+
+Precedence: CLI flags (``load_settings(**overrides)``) > environment > defaults. Every field is
+read from ``GLINTSTREAM_<FIELD>``; the Kafka connection fields use the conventional unprefixed
+``KAFKA_*`` names instead, so pointing at a real cluster is a configuration change. To add a
+setting, add a typed field with a default in the right group below; nothing else is needed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _kafka_env(name: str) -> AliasChoices:
+    # An alias replaces the prefix, so accept both the plain and the prefixed spelling.
+    return AliasChoices(f"KAFKA_{name}", f"GLINTSTREAM_KAFKA_{name}")
+
+
+def _default_data_dir() -> Path:
+    shared = REPO_ROOT.parent / "shared" / "datasets"
+    return shared if shared.is_dir() else REPO_ROOT / "data"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GLINTSTREAM_",
+        frozen=True,
+        populate_by_name=True,  # overrides use field names even where an env alias is set
+        extra="forbid",  # a typo in --set KEY=VALUE must fail loudly
+    )
+
+    # --- Kafka connection (passed through to every client) ---
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", validation_alias=_kafka_env("BOOTSTRAP_SERVERS")
+    )
+    kafka_security_protocol: str | None = Field(
+        None, validation_alias=_kafka_env("SECURITY_PROTOCOL")
+    )
+    kafka_sasl_mechanism: str | None = Field(None, validation_alias=_kafka_env("SASL_MECHANISM"))
+    kafka_sasl_username: str | None = Field(None, validation_alias=_kafka_env("SASL_USERNAME"))
+    kafka_sasl_password: str | None = Field(
+        None, validation_alias=_kafka_env("SASL_PASSWORD"), repr=False
+    )
+    kafka_ssl_cafile: str | None = Field(None, validation_alias=_kafka_env("SSL_CAFILE"))
+    # Tansu holds a JoinGroup for half the session timeout; the 45 s default means 23 s joins.
+    kafka_session_timeout_ms: int = 6000
+
+    # --- Topics ---
+    topic_clicks: str = "clicks"
+    topic_recommendations: str = "recommendations"
+    topic_dlq: str = "clicks-dlq"
+    topic_model_updates: str = "model-updates"
+    partitions: int = 4  # fixed at creation: Tansu has no CreatePartitions
+
+    # --- Paths ---
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    state_dir: Path = REPO_ROOT / ".run" / "state"  # per-user RocksDB state of the worker
+    registry_dir: Path = REPO_ROOT / ".run" / "registry"  # model registry (fine-tune output)
+    checkpoint_dir: Path = REPO_ROOT / "checkpoints" / "ml-1m"
+    run_dir: Path = REPO_ROOT / ".run"  # pids and logs
+
+    # --- Metrics (Prometheus scrape endpoints) ---
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9300  # worker
+    finetune_metrics_port: int = 9301
+
+    # --- Embedded broker ---
+    broker_port: int = 9092
+    broker_storage_engine: str = "memory://tansu/"  # loses everything on restart; s3:// persists
+
+    # --- Compute ---
+    device: str = "auto"  # auto = cuda when available, else cpu
+
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch  # lazy: keeps `glintstream --help` and non-model commands fast
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def confluent_config(self) -> dict[str, Any]:
+        """librdkafka settings shared by producers, consumers and admin clients."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap_servers}
+        optional = {
+            "security.protocol": self.kafka_security_protocol,
+            "sasl.mechanism": self.kafka_sasl_mechanism,
+            "sasl.username": self.kafka_sasl_username,
+            "sasl.password": self.kafka_sasl_password,
+            "ssl.ca.location": self.kafka_ssl_cafile,
+        }
+        conf.update({k: v for k, v in optional.items() if v is not None})
+        return conf
+
+    def confluent_consumer_config(self, group_id: str, **extra: Any) -> dict[str, Any]:
+        """A group consumer that joins quickly on Tansu and starts from the beginning."""
+        conf: dict[str, Any] = {
+            **self.confluent_config(),
+            "group.id": group_id,
+            "session.timeout.ms": self.kafka_session_timeout_ms,
+            # LATEST is unreliable on Tansu (ListOffsets under-reports the log end).
+            "auto.offset.reset": "earliest",
+        }
+        conf.update(extra)
+        return conf
+
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """The same connection settings for aiokafka clients (and so for faust)."""
+        kwargs: dict[str, Any] = {"bootstrap_servers": self.kafka_bootstrap_servers}
+        if self.kafka_security_protocol:
+            kwargs["security_protocol"] = self.kafka_security_protocol
+        if self.kafka_sasl_mechanism:
+            kwargs["sasl_mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username is not None:
+            kwargs["sasl_plain_username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password is not None:
+            kwargs["sasl_plain_password"] = self.kafka_sasl_password
+        if self.kafka_ssl_cafile or "SSL" in (self.kafka_security_protocol or "").upper():
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = create_ssl_context(cafile=self.kafka_ssl_cafile)
+        return kwargs
+
+    def faust_broker_url(self) -> str:
+        return ";".join(f"kafka://{s.strip()}" for s in self.kafka_bootstrap_servers.split(","))
+
+    def faust_credentials(self) -> Any:
+        """faust ``broker_credentials`` for the optional SASL/TLS settings, or None."""
+        import faust
+
+        kw = self.aiokafka_kwargs()
+        if self.kafka_sasl_mechanism:
+            return faust.SASLCredentials(
+                username=self.kafka_sasl_username,
+                password=self.kafka_sasl_password,
+                mechanism=self.kafka_sasl_mechanism,
+                ssl_context=kw.get("ssl_context"),
+            )
+        if "ssl_context" in kw:
+            return faust.SSLCredentials(kw["ssl_context"])
+        return None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Overrides (CLI flags; None = not given) beat the environment, which beats defaults."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,44 @@
+"""The command line: help lists the sub-commands; `broker -- CMD` wraps CMD."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from stream.cli import main
+
+
+def glintstream_exe() -> str:
+    local = Path(sys.executable).parent / "glintstream"
+    return str(local) if local.exists() else shutil.which("glintstream") or "glintstream"
+
+
+def test_help_lists_broker() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    assert "broker" in result.output
+
+
+def test_broker_wraps_command(tmp_path: Path) -> None:
+    # The inner command reaches its broker through the env var, then exits with code 7.
+    script = (
+        "import os, sys\n"
+        "from confluent_kafka.admin import AdminClient\n"
+        "servers = os.environ['KAFKA_BOOTSTRAP_SERVERS']\n"
+        "AdminClient({'bootstrap.servers': servers}).list_topics(timeout=10)\n"
+        "print('inner', servers)\n"
+        "sys.exit(7)\n"
+    )
+    run_dir = tmp_path / "broker"
+    cmd = [glintstream_exe(), "broker", "--port", "0", "--run-dir", str(run_dir)]
+    proc = subprocess.run(
+        [*cmd, "--", sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stdout.startswith("inner 127.0.0.1:")
+    assert "tansu broker 0.6.0" in (run_dir / "broker.log").read_text()
+    assert not (run_dir / "broker.pid").exists()  # removed on a clean stop

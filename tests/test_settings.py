@@ -1,0 +1,114 @@
+"""Settings precedence (CLI > env > defaults) and the pass-through to Kafka clients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from stream.cli import main, pass_settings
+from stream.settings import REPO_ROOT, Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("GLINTSTREAM_", "KAFKA_")):
+            monkeypatch.delenv(name)
+
+
+def test_defaults() -> None:
+    s = load_settings()
+    assert s.kafka_bootstrap_servers == "127.0.0.1:9092"
+    assert (s.topic_clicks, s.topic_dlq, s.partitions) == ("clicks", "clicks-dlq", 4)
+    assert s.state_dir == REPO_ROOT / ".run" / "state"
+    assert s.kafka_session_timeout_ms == 6000
+    assert s.confluent_config() == {"bootstrap.servers": "127.0.0.1:9092"}
+    assert s.torch_device() in ("cpu", "cuda")
+
+
+def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k1:9093,k2:9093")
+    monkeypatch.setenv("GLINTSTREAM_TOPIC_CLICKS", "raw-clicks")
+    monkeypatch.setenv("GLINTSTREAM_METRICS_PORT", "9400")
+    monkeypatch.setenv("GLINTSTREAM_DEVICE", "cpu")
+    s = load_settings()
+    assert s.kafka_bootstrap_servers == "k1:9093,k2:9093"
+    assert s.topic_clicks == "raw-clicks"
+    assert s.metrics_port == 9400
+    assert s.torch_device() == "cpu"
+    assert s.faust_broker_url() == "kafka://k1:9093;kafka://k2:9093"
+
+
+def test_override_beats_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "from-env:1")
+    assert load_settings(kafka_bootstrap_servers="from-flag:2").kafka_bootstrap_servers == (
+        "from-flag:2"
+    )
+    assert load_settings(kafka_bootstrap_servers=None).kafka_bootstrap_servers == "from-env:1"
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(ValueError):
+        load_settings().partitions = 8
+
+
+def test_confluent_config_maps_sasl(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "alice")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "s3cret")
+    s = load_settings(kafka_bootstrap_servers="broker:9094")
+    assert s.confluent_config() == {
+        "bootstrap.servers": "broker:9094",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "alice",
+        "sasl.password": "s3cret",
+    }
+    assert "s3cret" not in repr(s)
+    kw = s.aiokafka_kwargs()
+    assert kw["sasl_plain_username"] == "alice" and kw["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert "ssl_context" in kw
+    consumer = s.confluent_consumer_config("g")
+    assert consumer["session.timeout.ms"] == 6000 and consumer["sasl.username"] == "alice"
+
+
+@pytest.fixture
+def show_command() -> Iterator[None]:
+    """A throwaway sub-command that prints the settings the CLI built."""
+
+    @click.command("show-settings")
+    @pass_settings
+    def show(settings: Settings) -> None:
+        click.echo(settings.model_dump_json())
+
+    main.add_command(show)
+    yield
+    main.commands.pop("show-settings")
+
+
+def _cli_settings(*args: str, env: dict[str, str] | None = None) -> Settings:
+    result = CliRunner().invoke(main, [*args, "show-settings"], env=env)
+    assert result.exit_code == 0, result.output
+    return Settings.model_validate_json(result.output.strip().splitlines()[-1])
+
+
+def test_cli_flags_beat_env(show_command: None) -> None:
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "from-env:1", "GLINTSTREAM_TOPIC_CLICKS": "env-clicks"}
+    s = _cli_settings(
+        "--bootstrap-servers", "from-flag:2", "--set", "partitions=8", "--device", "cpu", env=env
+    )
+    assert s.kafka_bootstrap_servers == "from-flag:2"
+    assert s.partitions == 8 and s.device == "cpu"
+    assert s.topic_clicks == "env-clicks"
+    assert _cli_settings("--set", "topic-clicks=flag-clicks", env=env).topic_clicks == "flag-clicks"
+
+
+def test_cli_rejects_unknown_setting(show_command: None) -> None:
+    result = CliRunner().invoke(main, ["--set", "no_such_field=1", "show-settings"])
+    assert result.exit_code == 2
+    assert "no_such_field" in result.output
