@@ -1,0 +1,1 @@
+"""GLINT-RU and its baselines: models, data, training, evaluation, checkpoints."""
