@@ -1,0 +1,167 @@
+"""Checkpoints: ``model.safetensors`` + ``manifest.json``. Loading never unpickles.
+
+The manifest records what is needed to rebuild the model (kind + config), to map external item
+ids (vocab) and to trust the weights (their sha256). It is written last, so a directory with a
+manifest whose hash matches its weights is a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from model.baselines import (
+    GRU4Rec,
+    GRU4RecConfig,
+    Popularity,
+    PopularityConfig,
+    SASRec,
+    SASRecConfig,
+)
+
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+MANIFEST = "manifest.json"
+
+# kind -> (model class, config dataclass); the model is built as cls(config)
+MODEL_KINDS: dict[str, tuple[type, type]] = {
+    "sasrec": (SASRec, SASRecConfig),
+    "gru4rec": (GRU4Rec, GRU4RecConfig),
+    "popularity": (Popularity, PopularityConfig),
+}
+# imported on first use, so this module does not depend on them: kind -> (module, model, config)
+LAZY_KINDS: dict[str, tuple[str, str, str]] = {
+    "glintru": ("model.glintru", "GlintRU", "GlintRUConfig"),
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is incomplete, corrupted or of an unknown kind/version."""
+
+
+def model_kind(kind: str) -> tuple[type, type]:
+    """(model class, config dataclass) for a kind, importing lazy kinds on first use."""
+    if kind not in MODEL_KINDS and kind in LAZY_KINDS:
+        module, model_name, config_name = LAZY_KINDS[kind]
+        mod = importlib.import_module(module)
+        MODEL_KINDS[kind] = (getattr(mod, model_name), getattr(mod, config_name))
+    if kind not in MODEL_KINDS:
+        known = sorted(set(MODEL_KINDS) | set(LAZY_KINDS))
+        raise CheckpointError(f"unknown model kind {kind!r}; known: {', '.join(known)}")
+    return MODEL_KINDS[kind]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _config_from_dict(config_cls: type, values: dict[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise CheckpointError(f"config keys unknown to {config_cls.__name__}: {sorted(unknown)}")
+    # JSON has no tuples; frozen configs should stay hashable
+    values = {
+        k: tuple(v) if isinstance(v, list) and str(fields[k].type).startswith("tuple") else v
+        for k, v in values.items()
+    }
+    return config_cls(**values)
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: nn.Module,
+    *,
+    kind: str,
+    config: Any,
+    vocab: list[str],
+    dataset: str,
+    metrics: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write weights then manifest (each via a temp file + rename); return the directory."""
+    config_dict = dataclasses.asdict(config)  # before isinstance, which narrows Any to object
+    model_cls, config_cls = model_kind(kind)
+    if not isinstance(model, model_cls) or not isinstance(config, config_cls):
+        raise CheckpointError(
+            f"kind {kind!r} expects {model_cls.__name__}/{config_cls.__name__}, "
+            f"got {type(model).__name__}/{type(config).__name__}"
+        )
+    num_items = getattr(config, "num_items", None)
+    if num_items is not None and len(vocab) != num_items + 1:
+        raise CheckpointError(f"vocab has {len(vocab)} entries, config wants {num_items + 1}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    # clone: tied weights share storage, which safetensors refuses to write
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    weights, manifest_path = directory / WEIGHTS, directory / MANIFEST
+    tmp_weights = directory / f".{WEIGHTS}.tmp{os.getpid()}"
+    save_file(state, str(tmp_weights), metadata={"format": "pt", "kind": kind})
+    digest = sha256_file(tmp_weights)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "config": config_dict,
+        "vocab": list(vocab),
+        "dataset": dataset,
+        "metrics": metrics,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "weights_file": WEIGHTS,
+        "weights_sha256": digest,
+        "torch_version": torch.__version__,
+        "extra": extra or {},
+    }
+    tmp_manifest = directory / f".{MANIFEST}.tmp{os.getpid()}"
+    tmp_manifest.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp_weights, weights)
+    os.replace(tmp_manifest, manifest_path)
+    return directory
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"no {MANIFEST} in {directory}: not a checkpoint directory")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {manifest.get('format_version')!r}, "
+            f"this code reads {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def load_checkpoint(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model (eval mode) from a checkpoint directory; verifies the weights' hash."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    weights = directory / manifest.get("weights_file", WEIGHTS)
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing")
+    digest = sha256_file(weights)
+    if digest != manifest["weights_sha256"]:
+        raise CheckpointError(
+            f"{weights}: sha256 {digest} does not match the manifest's "
+            f"{manifest['weights_sha256']} (corrupted or replaced weights)"
+        )
+    model_cls, config_cls = model_kind(manifest["kind"])
+    model = model_cls(_config_from_dict(config_cls, manifest["config"]))
+    model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
+    return model.to(device).eval(), manifest

@@ -1,0 +1,156 @@
+"""Offline evaluation: full ranking (seen items masked or not) and RecBole's pop100.
+
+Ranks are 0-based and pessimistic: rank = number of other candidates scoring >= the target,
+so ties never help and a constant scorer gets no credit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from model.data import sequences_to_batch
+from model.recommender import SequentialRecommender
+
+KS = (5, 10, 20)
+NUM_NEGATIVES = 100
+ScoreFn = Callable[[list[np.ndarray]], Tensor]
+
+
+def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
+    """HR@k, NDCG@k (k in 5, 10, 20) and MRR@10 from 0-based target ranks (one per user)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.size == 0:
+        raise ValueError("no ranks to average")
+    out: dict[str, float] = {}
+    for k in KS:
+        hit = ranks < k
+        out[f"HR@{k}"] = float(hit.mean())
+        # one relevant item, so IDCG = 1
+        out[f"NDCG@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())
+    out["MRR@10"] = float(np.where(ranks < 10, 1.0 / (ranks + 1.0), 0.0).mean())
+    return out
+
+
+def mask_seen(scores: Tensor, histories: list[np.ndarray], targets: Tensor) -> Tensor:
+    """Copy of scores with each user's history set to -inf, except the target itself."""
+    scores = scores.clone()
+    rows = [np.full(len(h), b) for b, h in enumerate(histories)]
+    if rows:
+        r = torch.from_numpy(np.concatenate(rows).astype(np.int64))
+        c = torch.from_numpy(np.concatenate(histories).astype(np.int64))
+        kept = scores.gather(1, targets.view(-1, 1))
+        scores[r, c] = float("-inf")
+        scores.scatter_(1, targets.view(-1, 1), kept)  # a repeated item is still a valid target
+    return scores
+
+
+def full_ranks(scores: Tensor, targets: Tensor) -> Tensor:
+    """0-based pessimistic rank of each target among items 1..V-1 (column 0 is the pad)."""
+    items = scores[:, 1:]
+    target_scores = scores.gather(1, targets.view(-1, 1))
+    # int32 sum: summing bools into int64 is twice as slow; minus 1 for the target itself
+    return (items >= target_scores).sum(dim=1, dtype=torch.int32).long() - 1
+
+
+def sample_negatives(
+    targets: np.ndarray, item_counts: np.ndarray, rng: np.random.Generator, n: int = NUM_NEGATIVES
+) -> np.ndarray:
+    """(B, n) negatives drawn with replacement proportional to popularity, never the target.
+
+    Like RecBole's RepeatableSampler (pop, alpha 1): only the target is excluded, the user's
+    history is not. Collisions are redrawn, which equals sampling from the renormalised rest.
+    """
+    p = np.asarray(item_counts, dtype=np.float64).copy()
+    p[0] = 0.0
+    if p.sum() <= 0:
+        p[1:] = 1.0  # no popularity at all: uniform
+    cdf = np.cumsum(p) / p.sum()
+
+    def draw(size: int | tuple[int, int]) -> np.ndarray:
+        # inverse CDF; the clip guards against rounding at the top of the cdf
+        return np.minimum(np.searchsorted(cdf, rng.random(size), side="right"), len(p) - 1)
+
+    neg = draw((len(targets), n))
+    targets = np.asarray(targets).reshape(-1, 1)
+    for _ in range(1000):
+        clash = neg == targets
+        if not clash.any():
+            return neg
+        neg[clash] = draw(int(clash.sum()))
+    raise ValueError("cannot sample negatives: the target holds all the popularity mass")
+
+
+def sampled_ranks(scores: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
+    """Pessimistic 0-based rank of the target among itself + its negatives (gathered scores)."""
+    target_scores = scores.gather(1, targets.view(-1, 1))
+    return (scores.gather(1, negatives) >= target_scores).sum(dim=1, dtype=torch.int32).long()
+
+
+@torch.no_grad()
+def evaluate(
+    score_fn: ScoreFn,
+    inputs: list[np.ndarray],
+    targets: np.ndarray,
+    item_counts: np.ndarray,
+    *,
+    batch_size: int = 512,
+    seed: int = 0,
+) -> dict:
+    """Score every user once and report the three protocols from the same score rows."""
+    targets = np.asarray(targets, dtype=np.int64)
+    if len(inputs) != len(targets):
+        raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
+    # draw all negatives up front so the result does not depend on batch_size
+    negatives = sample_negatives(targets, item_counts, np.random.default_rng(seed))
+    ranks: dict[str, list[Tensor]] = {"full_masked": [], "full": [], "pop100": []}
+    for start in range(0, len(inputs), batch_size):
+        end = min(start + batch_size, len(inputs))
+        histories = inputs[start:end]
+        tgt = torch.from_numpy(targets[start:end])
+        scores = score_fn(histories).detach().float().cpu()
+        # NaN compares false, so it would rank first: make it the worst score instead
+        scores = torch.nan_to_num(scores, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+        ranks["full"].append(full_ranks(scores, tgt))
+        ranks["full_masked"].append(full_ranks(mask_seen(scores, histories, tgt), tgt))
+        ranks["pop100"].append(sampled_ranks(scores, tgt, torch.from_numpy(negatives[start:end])))
+    out: dict = {k: metrics_from_ranks(torch.cat(v).numpy()) for k, v in ranks.items()}
+    out["users"] = len(inputs)
+    return out
+
+
+def model_score_fn(
+    model: SequentialRecommender, max_len: int, device: str | torch.device = "cpu"
+) -> ScoreFn:
+    """Adapter: keep the last ``max_len`` clicks, right-pad, ``full_sort_predict``."""
+
+    def score(histories: list[np.ndarray]) -> Tensor:
+        item_seq, lengths = sequences_to_batch(histories, max_len)
+        return model.full_sort_predict(item_seq.to(device), lengths.to(device))
+
+    return score
+
+
+def evaluate_model(
+    model: SequentialRecommender,
+    inputs: list[np.ndarray],
+    targets: np.ndarray,
+    item_counts: np.ndarray,
+    *,
+    max_len: int,
+    batch_size: int = 512,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """``evaluate`` for a model in eval mode (restores its training flag afterwards)."""
+    was_training = model.training
+    model.eval()
+    try:
+        fn = model_score_fn(model, max_len, device)
+        return evaluate(fn, inputs, targets, item_counts, batch_size=batch_size, seed=seed)
+    finally:
+        model.train(was_training)
