@@ -33,7 +33,7 @@ from model.baselines import (
     SASRec,
     SASRecConfig,
 )
-from model.checkpoint import save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
 from model.data import (
     SequenceData,
     Split,
@@ -354,3 +354,35 @@ def _fit(
             log.info("time budget of %.1f min reached after epoch %d", config.max_minutes, epoch)
             break
     return best_state, best_epoch
+
+
+def evaluate_checkpoint(
+    directory: Path,
+    dataset: str,
+    data_dir: Path | None,
+    *,
+    split: str = "test",
+    seed: int = 666,
+    device: str = "cpu",
+    data: SequenceData | None = None,
+) -> dict:
+    """Evaluate a saved checkpoint in the training harness (same split, counts and sampling).
+
+    Items are matched by external id; clicks on items the checkpoint does not know are dropped
+    from the histories (their targets can never be hit).
+    """
+    model, manifest = load_checkpoint(directory, device=device)
+    data = data or load_dataset(dataset, data_dir)
+    split_data = leave_one_out(data)
+    counts = item_counts(split_data.train, data.num_items)
+    known = {item: i for i, item in enumerate(manifest["vocab"])}
+    to_model = np.array([known.get(item, 0) for item in data.vocab], dtype=np.int64)
+    model_counts = np.zeros(len(manifest["vocab"]), dtype=np.int64)
+    np.add.at(model_counts, to_model, counts)
+    model_counts[0] = 0
+    inputs = split_data.test_inputs if split == "test" else split_data.valid_inputs
+    targets = split_data.test_targets if split == "test" else split_data.valid_targets
+    histories = [h[h > 0] for h in (to_model[s] for s in inputs)]
+    window = getattr(model.config, "max_len", DEFAULT_MAX_LEN.get(dataset, 50))
+    config = TrainConfig(dataset=dataset, max_len=window, seed=seed, device=device)
+    return evaluate_split(model, histories, to_model[targets], model_counts, config)

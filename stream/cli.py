@@ -97,3 +97,22 @@ def broker(
     except (RuntimeError, TimeoutError) as e:
         raise click.ClickException(str(e)) from None
     sys.exit(code)
+
+
+# Offline model commands live in their own module; registered here so --help lists them.
+from stream.cli_model import evaluate, train  # noqa: E402
+
+main.add_command(train)
+main.add_command(evaluate)
+
+from bench.cli import bench  # noqa: E402
+
+main.add_command(bench)
+
+# Model registry (`model publish|list|rollback`) and the stream tools (`produce`, `tail`).
+from stream.cli_registry import model  # noqa: E402
+from stream.cli_stream import produce, tail  # noqa: E402
+
+main.add_command(model)
+main.add_command(produce)
+main.add_command(tail)

@@ -1,0 +1,1 @@
+"""Benchmarks run by hand (`glintstream bench ...`); their figures live in docs/."""

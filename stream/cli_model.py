@@ -1,0 +1,111 @@
+"""`glintstream train` and `glintstream evaluate`: the offline model commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from stream.settings import Settings
+
+pass_settings = click.make_pass_decorator(Settings)
+MODEL_CHOICES = ["glintru", "glintru-streaming", "sasrec", "gru4rec", "popularity"]
+
+
+@click.command()
+@click.option("--dataset", default="ml-1m", show_default=True)
+@click.option("--model", "model_name", type=click.Choice(MODEL_CHOICES), default="glintru")
+@click.option("--out", type=click.Path(path_type=Path), help="Checkpoint dir [runs/DATASET-MODEL].")
+@click.option("--epochs", type=int, default=200, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--max-len", type=int, help="Window L [the dataset's official one].")
+@click.option("--hidden-size", type=int, help="Embedding size d [the model's default].")
+@click.option("--dropout", type=float, help="One rate for every dropout [the model's defaults].")
+@click.option("--patience", type=int, default=10, show_default=True)
+@click.option("--seed", type=int, default=666, show_default=True)
+@click.option("--max-minutes", type=float, help="Stop after the epoch that crosses this budget.")
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--no-progress", is_flag=True)
+@pass_settings
+def train(
+    settings: Settings,
+    dataset: str,
+    model_name: str,
+    out: Path | None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    max_len: int | None,
+    hidden_size: int | None,
+    dropout: float | None,
+    patience: int,
+    seed: int,
+    max_minutes: float | None,
+    threads: int,
+    no_progress: bool,
+) -> None:
+    """Train a model with leave-one-out by time; saves the best-valid checkpoint."""
+    from model.train import TrainConfig
+    from model.train import train as run
+
+    config = TrainConfig(
+        dataset=dataset,
+        model=model_name,
+        data_dir=settings.data_dir,
+        out_dir=out or Path("runs") / f"{dataset}-{model_name}",
+        max_len=max_len,
+        hidden_size=hidden_size,
+        dropout=dropout,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        seed=seed,
+        max_minutes=max_minutes,
+        threads=threads,
+        device=settings.torch_device(),
+        progress=not no_progress,
+    )
+    metrics = run(config)
+    click.echo(
+        json.dumps(
+            {
+                "checkpoint": str(config.out_dir),
+                "best_epoch": metrics["best_epoch"],
+                "test": metrics["test"],
+            },
+            indent=2,
+        )
+    )
+
+
+@click.command()
+@click.option("--checkpoint", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--dataset", required=True)
+@click.option("--split", type=click.Choice(["test", "valid"]), default="test", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option("--seed", type=int, default=666, show_default=True, help="pop100 sampling seed.")
+@pass_settings
+def evaluate(
+    settings: Settings, checkpoint: Path, dataset: str, split: str, as_json: bool, seed: int
+) -> None:
+    """Full ranking (seen items masked and not) and pop100 of a checkpoint on a dataset."""
+    from model.train import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        checkpoint,
+        dataset,
+        settings.data_dir,
+        split=split,
+        seed=seed,
+        device=settings.torch_device(),
+    )
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    for protocol in ("full_masked", "full", "pop100"):
+        figures = "  ".join(f"{k} {v:.4f}" for k, v in result[protocol].items())
+        click.echo(f"{protocol:12s} {figures}")
+    click.echo(f"users {result['users']}")
