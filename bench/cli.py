@@ -54,3 +54,12 @@ def inference(dataset: str, threads: int) -> None:
         click.echo(
             json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         )
+
+
+@model.command()
+@click.option("--dataset", default="ml-1m", show_default=True)
+def windows(dataset: str) -> None:
+    """Context lost by the training windows against the official sliding window."""
+    from bench.model import window_deviation
+
+    click.echo(json.dumps(window_deviation(dataset)))

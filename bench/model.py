@@ -130,3 +130,30 @@ def inference(
 
 def _step_and_score(model: GlintRU, state: StreamState, items: torch.Tensor) -> torch.Tensor:
     return model.logits(model.step(state, items)[1])
+
+
+def window_deviation(dataset: str) -> dict:
+    """How far the newest-first training windows are from the official per-target context.
+
+    The official model predicts the target after input position p from the last min(p+1, L)
+    clicks; a window gives it only the clicks since the window start.
+    """
+    data = load_dataset(dataset)
+    L = DEFAULT_MAX_LEN.get(dataset, 50)
+    official, ours = [], []
+    for seq in leave_one_out(data).train:
+        n = len(seq) - 1  # training positions
+        p = np.arange(n)
+        official.append(np.minimum(p + 1, L))
+        # windows cut newest first: position p sits at offset (p - start) in its window
+        first = n % L if n % L else L  # length of the oldest window
+        offset = np.where(p < first, p, (p - first) % L)
+        ours.append(offset + 1)
+    off, our = np.concatenate(official), np.concatenate(ours)
+    return {
+        "dataset": dataset,
+        "targets": int(len(off)),
+        "targets_with_shorter_context": float((our < off).mean()),
+        "mean_context_official": float(off.mean()),
+        "mean_context_ours": float(our.mean()),
+    }
