@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -63,3 +64,17 @@ def windows(dataset: str) -> None:
     from bench.model import window_deviation
 
     click.echo(json.dumps(window_deviation(dataset)))
+
+
+@model.command()
+@click.argument("checkpoints", nargs=-1, type=click.Path(exists=True, path_type=Path))
+def table(checkpoints: tuple[Path, ...]) -> None:
+    """Markdown rows (test HR@10 / NDCG@10 per protocol) for trained checkpoints."""
+    from bench.model import results_row
+
+    click.echo(
+        "| dataset | model | full, seen masked | full | pop100 | best epoch | epochs | s/epoch |"
+    )
+    click.echo("|---|---|---|---|---|---|---|---|")
+    for checkpoint in checkpoints:
+        click.echo(results_row(checkpoint))

@@ -7,10 +7,12 @@ samples, and per-user inference cost of the full window forward against the per-
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -157,3 +159,18 @@ def window_deviation(dataset: str) -> dict:
         "mean_context_official": float(off.mean()),
         "mean_context_ours": float(our.mean()),
     }
+
+
+def results_row(checkpoint: Path) -> str:
+    """One markdown row of docs/results.md from a checkpoint's manifest (its test figures)."""
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    metrics, extra = manifest["metrics"], manifest.get("extra", {})
+    model = extra.get("train_config", {}).get("model", manifest["kind"])
+    history = metrics.get("history", [])
+    epoch_s = np.mean([h["train_seconds"] for h in history]) if history else 0.0
+    cells = [manifest["dataset"], model]
+    for protocol in ("full_masked", "full", "pop100"):
+        m = metrics["test"][protocol]
+        cells.append(f"{m['HR@10']:.4f} / {m['NDCG@10']:.4f}")
+    cells += [str(metrics.get("best_epoch", "-")), str(len(history)), f"{epoch_s:.0f}"]
+    return "| " + " | ".join(cells) + " |"
