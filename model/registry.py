@@ -1,0 +1,258 @@
+"""The model registry: numbered checkpoint versions on disk and a ``CURRENT`` pointer.
+
+Layout under ``root``::
+
+    CURRENT                     "7\\n": the served version (workers poll this tiny file)
+    history.jsonl               one line per publish / rollback / prune, for the audit trail
+    .lock                       flock'ed while picking a version number or moving CURRENT
+    versions/v000007/           model.safetensors + manifest.json (a checkpoint) + registry.json
+    versions/.tmp-<pid>-<hex>/  a publish in progress (or torn by a crash: ignored, cleaned up)
+
+A version directory appears by an atomic rename of a fully written, fsync'ed temp directory, so
+a reader sees either nothing or a complete version; ``CURRENT`` is replaced atomically the same
+way. Each version directory is a plain checkpoint: ``load_checkpoint(info.path)`` loads it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from model.checkpoint import (
+    MANIFEST,
+    WEIGHTS,
+    CheckpointError,
+    model_kind,
+    read_manifest,
+    sha256_file,
+)
+
+CURRENT = "CURRENT"
+HISTORY = "history.jsonl"
+INFO = "registry.json"
+_VERSION_DIR = re.compile(r"^v(\d{6,})$")
+_TMP_DIR = re.compile(r"^\.(?:tmp|trash)-(\d+)-[0-9a-f]+$")
+
+
+class RegistryError(RuntimeError):
+    """A missing version, a bad checkpoint, or an inconsistent registry."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    path: Path  # the version directory: a checkpoint load_checkpoint() reads
+    created: str  # ISO 8601, UTC
+    parent: int | None  # the version this one was fine-tuned from, if any
+    gate: dict[str, Any] | None  # figures the gate decided on (e.g. HR@10 old vs new)
+    note: str = ""
+    source: str = ""  # where the checkpoint was published from
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _fsync_path(path: Path) -> None:
+    # Directories too: a rename or a new entry is only durable once its directory is synced.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def validate_checkpoint(directory: Path) -> dict[str, Any]:
+    """The manifest of a complete checkpoint: readable, known kind, weights matching their hash."""
+    manifest = read_manifest(directory)
+    model_kind(manifest["kind"])  # unknown kinds would only fail later, inside a worker
+    weights = directory / manifest.get("weights_file", WEIGHTS)
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing")
+    digest = sha256_file(weights)
+    if digest != manifest.get("weights_sha256"):
+        raise CheckpointError(
+            f"{weights}: sha256 {digest} does not match the manifest's "
+            f"{manifest.get('weights_sha256')!r}"
+        )
+    return manifest
+
+
+class Registry:
+    def __init__(self, root: str | Path, keep: int = 5) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.root = Path(root)
+        self.keep = keep
+        self.versions_dir = self.root / "versions"
+
+    # --- reading (no lock: every file read here is replaced atomically) ---
+
+    def version_dir(self, version: int) -> Path:
+        return self.versions_dir / f"v{version:06d}"
+
+    def _versions(self) -> list[int]:
+        if not self.versions_dir.is_dir():
+            return []
+        found = (_VERSION_DIR.match(p.name) for p in self.versions_dir.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def get(self, version: int) -> VersionInfo:
+        path = self.version_dir(version)
+        try:
+            info = json.loads((path / INFO).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RegistryError(f"no version {version} in {self.root}") from None
+        return VersionInfo(
+            version=int(info["version"]),
+            path=path,
+            created=info["created"],
+            parent=info.get("parent"),
+            gate=info.get("gate"),
+            note=info.get("note", ""),
+            source=info.get("source", ""),
+        )
+
+    def list(self) -> list[VersionInfo]:
+        """All versions, oldest first."""
+        out = []
+        for v in self._versions():
+            try:
+                out.append(self.get(v))
+            except RegistryError:  # pruned between listing and reading
+                continue
+        return out
+
+    def current_version(self) -> int | None:
+        """The served version number: one small read, cheap enough to poll between batches."""
+        try:
+            text = (self.root / CURRENT).read_text(encoding="ascii")
+        except FileNotFoundError:
+            return None
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise RegistryError(f"{self.root / CURRENT} holds {text!r}, not a version") from None
+
+    def current(self) -> VersionInfo | None:
+        version = self.current_version()
+        return None if version is None else self.get(version)
+
+    # --- writing ---
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        # flock is per open file description, so it also excludes threads of one process.
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _record(self, event: dict[str, Any]) -> None:
+        with open(self.root / HISTORY, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"time": _now(), **event}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _set_current(self, version: int) -> None:
+        tmp = self.root / f".{CURRENT}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"{version}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / CURRENT)
+        _fsync_path(self.root)
+
+    def publish(
+        self,
+        checkpoint_dir: str | Path,
+        parent: int | None = None,
+        gate: dict[str, Any] | None = None,
+        note: str = "",
+    ) -> VersionInfo:
+        """Copy a checkpoint in as the next version and make it current."""
+        src = Path(checkpoint_dir).resolve()
+        validate_checkpoint(src)  # fail before copying anything
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.versions_dir / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            # The slow part (copy + hash) runs outside the lock, so publishers overlap.
+            for name in (WEIGHTS, MANIFEST):
+                shutil.copyfile(src / name, tmp / name)
+                with open(tmp / name, "rb") as f:
+                    os.fsync(f.fileno())
+            validate_checkpoint(tmp)  # the copy itself, not just the source
+            with self._locked():
+                version = max(self._versions(), default=0) + 1
+                info = {
+                    "version": version,
+                    "created": _now(),
+                    "parent": parent,
+                    "source": str(src),
+                    "gate": gate,
+                    "note": note,
+                }
+                with open(tmp / INFO, "w", encoding="utf-8") as f:
+                    f.write(json.dumps(info, indent=1) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                _fsync_path(tmp)
+                # rename() refuses a non-empty target, a second guard against a reused number
+                os.rename(tmp, self.version_dir(version))
+                _fsync_path(self.versions_dir)
+                self._set_current(version)
+                self._record({"event": "publish", "version": version, "parent": parent})
+                self._prune()
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self.get(version)
+
+    def rollback(self, version: int) -> VersionInfo:
+        """Point CURRENT at an existing version (normally an older one); recorded in history."""
+        with self._locked():
+            info = self.get(version)
+            previous = self.current_version()
+            self._set_current(version)
+            self._record({"event": "rollback", "version": version, "from": previous})
+        return info
+
+    def _prune(self) -> None:
+        """Keep the newest `keep` versions and the current one; clear torn temp dirs. Locked."""
+        versions = self._versions()
+        keep = set(versions[-self.keep :]) | {self.current_version()}
+        for v in versions:
+            if v not in keep:
+                # rename first, so a crash mid-delete never leaves a half version behind
+                trash = self.versions_dir / f".trash-{os.getpid()}-{uuid.uuid4().hex}"
+                os.rename(self.version_dir(v), trash)
+                shutil.rmtree(trash, ignore_errors=True)
+                self._record({"event": "prune", "version": v})
+        for p in self.versions_dir.iterdir():
+            m = _TMP_DIR.match(p.name)
+            if m and not _pid_alive(int(m.group(1))):  # its publisher died mid-way
+                shutil.rmtree(p, ignore_errors=True)

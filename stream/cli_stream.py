@@ -1,0 +1,103 @@
+"""`glintstream produce` and `glintstream tail`: put clicks on the stream, watch what comes out."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from stream.settings import Settings
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+@click.command()
+@click.option("--dataset", default="ml-1m", show_default=True, help="Or synthetic, ml-100k, ...")
+@click.option("--rate", type=float, default=0.0, show_default=True, help="Clicks/s; 0 = max.")
+@click.option("--users", type=int, help="Only the first N users.")
+@click.option("--user-ids", help="Only these users (comma-separated external ids).")
+@click.option("--limit", type=int, help="Stop after N clicks.")
+@click.option("--skip-last", type=int, default=0, show_default=True, help="Hold back K per user.")
+@click.option("--topic", help="Target topic [topic_clicks].")
+@click.option("--no-progress", is_flag=True)
+@pass_settings
+def produce(
+    settings: Settings,
+    dataset: str,
+    rate: float,
+    users: int | None,
+    user_ids: str | None,
+    limit: int | None,
+    skip_last: int,
+    topic: str | None,
+    no_progress: bool,
+) -> None:
+    """Replay a dataset's clicks to the clicks topic in time order, keyed by user id."""
+    from model.data import DatasetNotFoundError, load_dataset
+    from stream.produce import click_order, iter_clicks, produce_clicks
+
+    if users is not None and user_ids is not None:
+        raise click.UsageError("--users and --user-ids exclude each other")
+    try:
+        data = load_dataset(dataset, settings.data_dir)
+        ids = [u.strip() for u in user_ids.split(",") if u.strip()] if user_ids else None
+        order = click_order(data, users=users, user_ids=ids, skip_last=skip_last, limit=limit)
+    except (DatasetNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    report = produce_clicks(
+        settings,
+        iter_clicks(data, order),
+        topic=topic,
+        rate=rate,
+        total=len(order),
+        progress=not no_progress,
+    )
+    click.echo(
+        f"{report.sent} clicks sent in {report.seconds:.1f} s ({report.rate:.0f}/s): "
+        f"{report.delivered} delivered, {report.failed} failed",
+        err=True,
+    )
+    if report.failed:
+        raise click.ClickException(
+            f"{report.failed} deliveries failed; first: {report.first_error}"
+        )
+    if report.interrupted:
+        sys.exit(130)
+
+
+@click.command()
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest message, not now.")
+@click.option("--limit", type=int, help="Exit after N messages.")
+@click.option("--user", help="Only this user id.")
+@click.option("--top", type=int, default=5, show_default=True, help="Items shown per line.")
+@click.option(
+    "--titles",
+    type=click.Choice(["auto", "ml-1m", "none"]),
+    default="auto",
+    show_default=True,
+    help="auto: ML-1M titles when the served model is an ML-1M one.",
+)
+@click.option("--topic", help="Topic to read [topic_recommendations].")
+@pass_settings
+def tail(
+    settings: Settings,
+    from_beginning: bool,
+    limit: int | None,
+    user: str | None,
+    top: int,
+    titles: str,
+    topic: str | None,
+) -> None:
+    """Pretty-print the recommendations stream, one line per message, until Ctrl-C."""
+    from stream.tail import load_titles
+    from stream.tail import tail as run_tail
+
+    run_tail(
+        settings,
+        topic=topic,
+        from_beginning=from_beginning,
+        limit=limit,
+        user=user,
+        titles=load_titles(settings, titles),
+        top=top,
+    )

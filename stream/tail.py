@@ -1,0 +1,159 @@
+"""Pretty-print the `recommendations` stream, one line per message, titles for ML-1M.
+
+The consumer assigns itself every partition (no group: nothing to join, nothing committed), so
+several tails can run side by side without taking partitions from each other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _short(raw: bytes | None, n: int = 80) -> str:
+    if raw is None:
+        return "None"
+    return repr(raw[:n]) + ("..." if len(raw) > n else "")
+
+
+def _clock(ts: Any) -> str:
+    return datetime.fromtimestamp(float(ts)).strftime("%H:%M:%S.%f")[:-3]
+
+
+def format_recommendation(
+    value: bytes | None,
+    key: bytes | None = None,
+    where: str = "",
+    titles: dict[str, str] | None = None,
+    top: int = 5,
+) -> str:
+    """One line for one `recommendations` message; junk becomes a MALFORMED line, never raises.
+
+    `where` names the message (e.g. "p2@117"); `titles` maps external item id -> title.
+    """
+    titles = titles or {}
+    try:
+        rec = json.loads(value) if value is not None else None
+        if not isinstance(rec, dict):
+            raise ValueError(f"not a JSON object ({type(rec).__name__})")
+        items = rec["items"]
+        if not isinstance(items, list):
+            raise ValueError(f"items is {type(items).__name__}, not a list")
+        user = rec.get("user_id", key.decode(errors="replace") if key else "?")
+        version = rec.get("model_version", "?")
+        click = rec.get("click") or {}
+        when = rec.get("published_ts")
+        shown = [titles.get(str(i), f"item {i}") for i in items[:top]]
+        more = f" (+{len(items) - top})" if len(items) > top else ""
+        return (
+            f"{_clock(when) if when is not None else '--:--:--.---'}  user {user}"
+            f"  model v{version}  click p{click.get('partition', '?')}@{click.get('offset', '?')}"
+            f"  | {'; '.join(shown)}{more}"
+        )
+    except Exception as e:  # malformed input of any shape: report it, keep tailing
+        reason = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+        head = f"MALFORMED {where}" if where else "MALFORMED"
+        return f"{head} key={_short(key, 40)}: {reason}: {_short(value)}"
+
+
+def served_dataset(settings: Settings) -> str | None:
+    """The dataset of the model being served: the registry's current version, else the default
+    checkpoint. Read straight from the manifest, without loading any weights."""
+    from model.registry import Registry, RegistryError
+
+    try:
+        info = Registry(settings.registry_dir).current()
+    except RegistryError:
+        info = None
+    directory = info.path if info else Path(settings.checkpoint_dir)
+    try:
+        return json.loads((directory / "manifest.json").read_text(encoding="utf-8"))["dataset"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def load_titles(settings: Settings, dataset: str = "auto") -> dict[str, str]:
+    """Item titles when the ids are ML-1M's ("auto": if the served model is an ML-1M one)."""
+    from model.data import DatasetNotFoundError, ml1m_titles
+
+    if dataset == "auto":
+        dataset = served_dataset(settings) or "none"
+    if dataset != "ml-1m":
+        return {}
+    try:
+        return ml1m_titles(settings.data_dir)
+    except DatasetNotFoundError as e:
+        log.warning("no titles: %s", e)
+        return {}
+
+
+def tail(
+    settings: Settings,
+    *,
+    topic: str | None = None,
+    from_beginning: bool = False,
+    limit: int | None = None,
+    user: str | None = None,
+    titles: dict[str, str] | None = None,
+    top: int = 5,
+    out: Callable[[str], None] = print,
+    idle_timeout: float | None = None,
+) -> int:
+    """Print messages until `limit` were printed, `idle_timeout` s pass without one, or Ctrl-C."""
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
+
+    from stream.broker import ensure_topics
+
+    topic = topic or settings.topic_recommendations
+    ensure_topics(settings, [topic], settings.partitions)  # as the worker would create it
+    conf = {**settings.confluent_config(), "group.id": "glintstream-tail"}
+    conf.update({"enable.auto.commit": False, "enable.partition.eof": False})
+    consumer = Consumer(conf)
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+    consumer.assign([TopicPartition(topic, p, start) for p in sorted(partitions)])
+    # Tansu's ListOffsets(LATEST) under-reports the log end, so OFFSET_END may replay some
+    # older messages: drop those by their timestamp instead.
+    not_before_ms = 0 if from_beginning else int(time.time() * 1000) - 1000
+    printed, last_seen = 0, time.monotonic()
+    try:
+        while limit is None or printed < limit:
+            if idle_timeout is not None and time.monotonic() - last_seen > idle_timeout:
+                break
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                log.warning("consumer error: %s", msg.error())
+                continue
+            last_seen = time.monotonic()
+            if msg.timestamp()[1] < not_before_ms:
+                continue
+            if user is not None and not _is_user(msg.key(), msg.value(), user):
+                continue
+            where = f"p{msg.partition()}@{msg.offset()}"
+            out(format_recommendation(msg.value(), msg.key(), where, titles, top))
+            printed += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return printed
+
+
+def _is_user(key: bytes | None, value: bytes | None, user: str) -> bool:
+    if key is not None and key.decode(errors="replace") == user:
+        return True
+    try:
+        return str(json.loads(value or b"").get("user_id")) == user
+    except Exception:
+        return False
