@@ -228,6 +228,7 @@ class GlintRU(SequentialRecommender):
         """Output for every prefix seq[:t+1] in one pass: (B, T, d). Faithful: T <= L."""
         if self.config.variant == "streaming":
             out, _ = self.streaming_chunk(item_seq, item_seq_len, self.init_state(item_seq.size(0)))
+            assert out is not None
             return out
         return self._faithful_prefixes(item_seq)
 
@@ -349,13 +350,14 @@ class GlintRU(SequentialRecommender):
         return torch.cat([g_prev, S.flatten(1)], dim=1), user
 
     def streaming_chunk(
-        self, item_seq: Tensor, item_seq_len: Tensor, state: StreamState
-    ) -> tuple[Tensor, StreamState]:
+        self, item_seq: Tensor, item_seq_len: Tensor, state: StreamState, with_outputs: bool = True
+    ) -> tuple[Tensor | None, StreamState]:
         """Causal variant over a right-padded chunk, starting from ``state``.
 
         Returns the output at every position (B, T, d) and the state after each user's last real
         click in the chunk (users with length 0 keep their state). Training carries this state
-        from chunk to chunk over a user's whole history.
+        from chunk to chunk over a user's whole history. ``with_outputs=False`` only advances
+        the state (no (T, T) attention): replaying a long history costs little more than the GRU.
         """
         B, T = item_seq.shape
         H = self.config.n_heads
@@ -371,21 +373,21 @@ class GlintRU(SequentialRecommender):
         c = self.conv_in(a.transpose(1, 2)).transpose(1, 2)  # (B, T, d), causal by construction
         g, _ = self.gru(c, g0.unsqueeze(0).contiguous())
         s = self._gated(g, c)
-        y = self.conv_out(torch.cat([s2.unsqueeze(1), s1.unsqueeze(1), s], 1).transpose(1, 2))
-        y = y.transpose(1, 2)
-
         q, k, v = self._qkv(x)  # (B, T, H, d_h)
         lam = self._decay()  # (H,)
         pos = torch.arange(T, device=x.device, dtype=x.dtype)
-        gap = pos.view(T, 1) - pos.view(1, T)
-        weights = torch.where(gap >= 0, lam.view(H, 1, 1) ** gap.clamp_min(0), 0.0)  # (H, T, T)
-        scores = torch.einsum("bthd,bjhd->bhtj", q, k) * weights
-        ctx = torch.einsum("bhtj,bjhd->bthd", scores, v)
-        carry = lam.view(1, 1, H) ** (pos.view(1, T, 1) + 1)  # (1, T, H)
-        ctx = ctx + carry.unsqueeze(-1) * torch.einsum("bthd,bhde->bthe", q, S0)
-        count = (1 - lam ** (n0.view(B, 1, 1) + pos.view(1, T, 1) + 1)) / (1 - lam)  # (B, T, H)
-        attn = self._attn_out((ctx / count.unsqueeze(-1)).flatten(-2), x)
-        out = self._mix(y, attn, x)
+        out = None
+        if with_outputs:
+            y = self.conv_out(torch.cat([s2.unsqueeze(1), s1.unsqueeze(1), s], 1).transpose(1, 2))
+            gap = pos.view(T, 1) - pos.view(1, T)
+            weights = torch.where(gap >= 0, lam.view(H, 1, 1) ** gap.clamp_min(0), 0.0)  # (H,T,T)
+            scores = torch.einsum("bthd,bjhd->bhtj", q, k) * weights
+            ctx = torch.einsum("bhtj,bjhd->bthd", scores, v)
+            carry = lam.view(1, 1, H) ** (pos.view(1, T, 1) + 1)  # (1, T, H)
+            ctx = ctx + carry.unsqueeze(-1) * torch.einsum("bthd,bhde->bthe", q, S0)
+            count = (1 - lam ** (n0.view(B, 1, 1) + pos.view(1, T, 1) + 1)) / (1 - lam)  # (B,T,H)
+            attn = self._attn_out((ctx / count.unsqueeze(-1)).flatten(-2), x)
+            out = self._mix(y.transpose(1, 2), attn, x)
 
         # state after each user's last real click of the chunk
         lengths = item_seq_len.clamp(max=T)
@@ -412,4 +414,5 @@ class GlintRU(SequentialRecommender):
         out, new_state = self.streaming_chunk(
             item_ids.view(-1, 1), torch.ones_like(item_ids), state
         )
+        assert out is not None
         return new_state, out[:, 0]

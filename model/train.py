@@ -178,6 +178,7 @@ def streaming_loss_steps(
                 seq, n, tgt = (t.to(device) for t in batch)
                 out, new_state = model.streaming_chunk(seq, n, state)
                 state = replace(new_state, vec=new_state.vec.detach())
+                assert out is not None
                 keep = tgt > 0
                 return torch.nn.functional.cross_entropy(model.logits(out[keep]), tgt[keep])
 
@@ -202,17 +203,17 @@ def score_fn(model: SequentialRecommender, max_len: int, device: str | torch.dev
 def encode_streaming(
     model: GlintRU, histories: list[np.ndarray], device: str | torch.device = "cpu"
 ) -> Tensor:
+    """User representations after whole histories: replay all but the last click in chunks of
+    L (state only), then one exact ``step`` for the last click."""
     L = model.config.max_len
-    seq, lengths = sequences_to_batch(histories, max_len=10**9)
+    seq, lengths = sequences_to_batch([h[:-1] for h in histories], max_len=10**9)
     seq, lengths = seq.to(device), lengths.to(device)
     state = model.init_state(len(histories))
-    last = torch.zeros(len(histories), model.config.hidden_size, device=device)
     for start in range(0, seq.size(1), L):
         n = (lengths - start).clamp(0, L)
-        out, state = model.streaming_chunk(seq[:, start : start + L], n, state)
-        ends = (n > 0) & (start + n == lengths)
-        last[ends] = out[ends, n[ends] - 1]
-    return last
+        _, state = model.streaming_chunk(seq[:, start : start + L], n, state, with_outputs=False)
+    last = torch.tensor([int(h[-1]) for h in histories], device=device)
+    return model.step(state, last)[1]
 
 
 def evaluate_split(

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from model.baselines import Popularity, PopularityConfig
 from model.data import item_counts, leave_one_out, load_dataset, synthetic
 from model.evaluate import evaluate_model
-from model.train import TrainConfig, evaluate_checkpoint, train, windows
+from model.glintru import GlintRU, GlintRUConfig
+from model.train import TrainConfig, encode_streaming, evaluate_checkpoint, train, windows
 from stream.cli import main
 from stream.settings import load_settings
 
@@ -99,3 +101,17 @@ def test_train_command_on_ml100k_beats_popularity(tmp_path: Path):
     pop = Popularity(PopularityConfig(data.num_items)).fit(counts)
     pop_test = evaluate_model(pop, split.test_inputs, split.test_targets, counts, max_len=50)
     assert figures["full_masked"]["NDCG@10"] > pop_test["full_masked"]["NDCG@10"]
+
+
+def test_streaming_encoding_of_long_histories_equals_one_pass():
+    torch.manual_seed(0)
+    model = GlintRU(
+        GlintRUConfig(num_items=20, hidden_size=16, n_heads=4, max_len=4, variant="streaming")
+    )
+    model = model.double().eval()
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(1, 21, n) for n in (1, 3, 9, 14)]
+    encoded = encode_streaming(model, histories)
+    for h, u in zip(histories, encoded):
+        full = model.all_positions(torch.from_numpy(h)[None], torch.tensor([len(h)]))[0, -1]
+        assert torch.allclose(u, full, atol=1e-10)
