@@ -116,3 +116,23 @@ from stream.cli_stream import produce, tail  # noqa: E402
 main.add_command(model)
 main.add_command(produce)
 main.add_command(tail)
+
+
+@main.command()
+@click.option("--worker-id", help="Names this worker's state directory [worker_id].")
+@pass_settings
+def worker(settings: Settings, worker_id: str | None) -> None:
+    """Serve recommendations: consume clicks, update per-user state, publish top-K.
+
+    Exits 0 on SIGTERM/SIGINT and non-zero on a crash, for a supervisor to restart it.
+    """
+    from stream.app import run_worker
+    from stream.scoring import ModelNotFoundError
+
+    if worker_id:
+        settings = settings.model_copy(update={"worker_id": worker_id})
+    loglevel = "debug" if logging.getLogger().isEnabledFor(logging.DEBUG) else "info"
+    try:
+        run_worker(settings, loglevel)
+    except ModelNotFoundError as e:
+        raise click.ClickException(str(e)) from None

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
 
     # --- Metrics (Prometheus scrape endpoints) ---
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9300  # worker
+    metrics_port: int = 9300  # worker; 0 = do not serve metrics
     finetune_metrics_port: int = 9301
 
     # --- Embedded broker ---
@@ -76,6 +76,28 @@ class Settings(BaseSettings):
 
     # --- Compute ---
     device: str = "auto"  # auto = cuda when available, else cpu
+
+    # --- Streaming worker (`glintstream worker`) ---
+    worker_app_id: str = "glintstream-worker"  # faust app id = consumer group of all workers
+    worker_id: str = "w1"  # names this worker's state directory: <state_dir>/<worker_id>
+    topic_state_changelog: str = "glintstream-user-state"  # compacted, partitioned like clicks
+    batch_max_size: int = 256  # clicks per micro-batch ...
+    batch_max_ms: int = 20  # ... or this long, whichever comes first
+    top_k: int = 10
+    mask_seen: bool = True  # never recommend an item that is in the user's ring buffer
+    max_click_bytes: int = 4096  # larger click payloads go to the DLQ as `oversized`
+    model_check_interval_s: float = 1.0  # how often to look for a new registry version
+    worker_torch_threads: int = 1  # intra-op threads; the event loop + librdkafka keep the rest
+    # Tansu holds a JoinGroup for half of this; faust's 60 s default means 30 s rebalances.
+    worker_session_timeout_s: float = 8.0
+    worker_commit_interval_s: float = 1.0  # bounds the re-read (never re-applied) after a crash
+    worker_delivery_timeout_s: float = 30.0  # outputs not acked by then crash the worker
+    worker_restore_timeout_s: float = 120.0  # changelog catch-up after one rebalance
+    # RocksDB memory: one block cache shared by all partition DBs + small memtables per DB
+    # (faust's default would be a 2 GiB block cache per partition).
+    rocksdb_block_cache_mb: int = 32
+    rocksdb_write_buffer_mb: int = 4
+    rocksdb_max_write_buffers: int = 2
 
     def torch_device(self) -> str:
         if self.device != "auto":
