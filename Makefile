@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo lint format typecheck clean
+.PHONY: setup setup-prometheus test demo lint format typecheck clean
 
 setup: $(STAMP)
 
@@ -17,8 +17,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+# Prometheus + promtool (Debian package `prometheus`) for tests/test_observability.py and
+# deploy/. Best effort: without root or apt-get those tests skip and say why. The package's own
+# service is stopped and disabled: Prometheus runs on demand, on deploy/prometheus.yml.
+setup-prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus && \
+		{ systemctl disable --now prometheus || service prometheus stop; } >/dev/null 2>&1; \
+		command -v promtool >/dev/null; \
+	} || echo "setup-prometheus: not installed (needs root + apt-get); observability tests skip"
+
 # A private broker on a free loopback port lives for the whole suite; pytest's exit code wins.
-test: setup
+test: setup setup-prometheus
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/glintstream broker --port 0 --run-dir .run/test-broker -- \

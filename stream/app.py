@@ -16,13 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import faust
 import torch
 from faust.types import TP
 
+from stream import metrics
 from stream.changelog import ChangelogReader, ensure_worker_topics
 from stream.metrics import serve_metrics
 from stream.processor import ClickProcessor, RawClick
@@ -37,6 +40,9 @@ log = logging.getLogger(__name__)
 # worker that holds partitions and never commits (faust-streaming #175). The state is
 # crash-consistent by construction, so dying at once is safe; the tests kill -9 anyway.
 EXIT_AGENT_CRASHED = 70  # EX_SOFTWARE
+# How often the lag and state-size gauges are refreshed: both read cached figures (the last
+# Fetch response, RocksDB's counters), so well under any scrape interval costs nothing.
+GAUGE_REFRESH_S = 1.0
 
 
 def build_processor(settings: Settings) -> ClickProcessor:
@@ -87,19 +93,49 @@ def create_app(settings: Settings, processor: ClickProcessor) -> faust.App:
     )
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glintstream-batch")
     _resume_from_applied_offsets(app, settings.topic_clicks, processor, executor)
+    _record_commits(app)
 
     @app.timer(settings.model_check_interval_s)
     async def refresh_model() -> None:
         # on the batch thread, so a swap always falls between two batches
         await asyncio.get_running_loop().run_in_executor(executor, processor.refresh_model)
 
+    lagging: set[int] = set()  # partitions with a lag series, to drop those revoked
+
+    # An exception in a faust timer crashes the app: a metric is never worth that, so both
+    # gauge timers log and carry on.
+    @app.timer(GAUGE_REFRESH_S)
+    async def refresh_lag() -> None:
+        # on the loop, not the batch thread: a stuck batch must show as growing lag
+        try:
+            _update_lag(app, settings.topic_clicks, processor, lagging)
+        except Exception:
+            log.warning("cannot update the lag metrics", exc_info=True)
+
+    @app.timer(GAUGE_REFRESH_S)
+    async def refresh_store_metrics() -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(executor, processor.update_store_metrics)
+        except Exception:
+            log.warning("cannot update the state store metrics", exc_info=True)
+
     @app.agent(clicks)
     async def process_clicks(stream: faust.StreamT) -> None:
         within = settings.batch_max_ms / 1000
         try:
             async for events in stream.take_events(settings.batch_max_size, within):
+                now = time.monotonic()  # if faust's monitor did not stamp a message's arrival
                 batch = [
-                    RawClick(e.message.partition, e.message.offset, e.message.key, e.message.value)
+                    RawClick(
+                        e.message.partition,
+                        e.message.offset,
+                        e.message.key,
+                        e.message.value,
+                        e.message.timestamp,
+                        # set by faust's monitor (time.monotonic) when the consumer delivered it
+                        e.message.time_in or now,
+                    )
                     for e in events
                 ]
                 assigned = {
@@ -125,6 +161,53 @@ def create_app(settings: Settings, processor: ClickProcessor) -> faust.App:
             os._exit(EXIT_AGENT_CRASHED)
 
     return app
+
+
+def _update_lag(app: faust.App, topic: str, processor: ClickProcessor, lagging: set[int]) -> None:
+    """Set each assigned clicks partition's lag: high watermark - (last applied offset + 1).
+
+    The high watermark is the one of the last Fetch response (aiokafka keeps it per partition),
+    not ListOffsets: the embedded broker's ListOffsets(LATEST) under-reports the log end.
+    """
+    consumer = app.consumer
+    applied = processor.applied_offsets()
+    current: set[int] = set()
+    for tp in consumer.assignment():
+        if tp.topic != topic or tp.partition not in applied:  # not prepared yet
+            continue
+        try:
+            highwater = consumer.highwater(tp)
+        except AssertionError:  # aiokafka: revoked since assignment() answered
+            continue
+        if highwater is None:  # no Fetch response for this partition yet
+            continue
+        lag = max(0, highwater - (applied[tp.partition] + 1))
+        metrics.CONSUMER_LAG.labels(topic, str(tp.partition)).set(lag)
+        current.add(tp.partition)
+    for partition in lagging - current:  # another worker reports it now
+        metrics.CONSUMER_LAG.remove(topic, str(partition))
+    lagging.clear()
+    lagging.update(current)
+
+
+def _record_commits(app: faust.App) -> None:
+    """Stamp ``glintstream_last_commit_timestamp_seconds`` on every successful offset commit.
+
+    faust's ``Consumer.commit`` returns True only when it committed something; its commit timer
+    and shutdown both call it through the instance, so wrapping it here sees every commit.
+    """
+    consumer = app.consumer
+    commit = consumer.commit
+
+    async def commit_and_record(*args: Any, **kwargs: Any) -> bool:
+        did_commit = await commit(*args, **kwargs)
+        if did_commit:
+            metrics.LAST_COMMIT.set_to_current_time()
+        return did_commit
+
+    consumer.commit = commit_and_record  # type: ignore[method-assign]
+    # Until the first commit the age counts from the start, not from 1970.
+    metrics.LAST_COMMIT.set_to_current_time()
 
 
 def _resume_from_applied_offsets(
@@ -170,7 +253,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run until SIGTERM/SIGINT (exit 0) or a crash (non-zero). Never returns."""
     ensure_worker_topics(settings)
     processor = build_processor(settings)
-    serve_metrics(settings.metrics_host, settings.metrics_port)
+    serve_metrics(settings.metrics_host, settings.metrics_port, metrics.WORKER_REGISTRY)
     app = create_app(settings, processor)
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False)
     try:

@@ -117,6 +117,11 @@ main.add_command(model)
 main.add_command(produce)
 main.add_command(tail)
 
+# The fine-tune side job (`finetune`).
+from stream.cli_finetune import finetune  # noqa: E402
+
+main.add_command(finetune)
+
 
 @main.command()
 @click.option("--worker-id", help="Names this worker's state directory [worker_id].")

@@ -1,43 +1,232 @@
-"""The worker's Prometheus metrics (a later issue adds latency, lag and commit-age metrics)."""
+"""Prometheus metrics of the worker and of the fine-tune job (README "Observability").
+
+Each process serves only its own registry (``WORKER_REGISTRY`` / ``FINETUNE_REGISTRY``, each with
+the usual process and Python collectors), so neither exposes the other's metrics as zeros.
+Names follow the Prometheus conventions: a ``glintstream_`` prefix, base units (seconds, bytes)
+in the name, ``_total`` on counters, ``_timestamp_seconds`` on unix-time gauges.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 log = logging.getLogger(__name__)
+
+# Latency buckets: 1 ms doubling up to 16.4 s (15 buckets) cover the 1 ms - 10 s range with a
+# worst-case quantile error of one bucket width (a factor of 2) anywhere in it.
+LATENCY_MIN_S = 0.001
+LATENCY_DOUBLINGS = 15
+LATENCY_BUCKETS = tuple(LATENCY_MIN_S * 2**k for k in range(LATENCY_DOUBLINGS))
+# Clicks per micro-batch: powers of two up to 4096, beyond any sensible batch_max_size.
+BATCH_SIZE_DOUBLINGS = 13
+BATCH_SIZE_BUCKETS = tuple(float(2**k) for k in range(BATCH_SIZE_DOUBLINGS))
+
+
+def _registry() -> CollectorRegistry:
+    """A registry with process (CPU, memory, fds), platform and GC metrics, like the default."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+WORKER_REGISTRY = _registry()
+FINETUNE_REGISTRY = _registry()
+
+# ====================================================================== worker (glintstream worker)
+_W = WORKER_REGISTRY
 
 CLICKS = Counter(
     "glintstream_clicks_total",
     "Click messages consumed, by outcome: applied, rejected (see the next metric), duplicate "
     "(already applied: redelivery), out_of_order (dropped while a gap is re-read).",
     ["outcome"],
+    registry=_W,
 )
 REJECTED = Counter(
     "glintstream_clicks_rejected_total",
     "Click messages sent to the DLQ, by reason (stream.clicks.REASONS).",
     ["reason"],
+    registry=_W,
 )
-RECOMMENDATIONS = Counter("glintstream_recommendations_total", "Recommendations published.")
+RECOMMENDATIONS = Counter(
+    "glintstream_recommendations_total", "Recommendations published.", registry=_W
+)
 GAPS = Counter(
     "glintstream_offset_gaps_total",
     "Times a clicks partition skipped offsets and the worker seeked back to re-read them.",
+    registry=_W,
 )
-MODEL_SWAPS = Counter("glintstream_model_swaps_total", "Model versions hot-swapped in.")
+MODEL_SWAPS = Counter(
+    "glintstream_model_swaps_total", "Model versions hot-swapped in.", registry=_W
+)
+MODEL_VERSION = Gauge(
+    "glintstream_model_version",
+    "Registry version of the model being served (0 = the fallback checkpoint).",
+    registry=_W,
+)
+CLICK_TO_PUBLISH = Histogram(
+    "glintstream_click_to_publish_seconds",
+    "From a click's Kafka timestamp to its recommendation acked by the broker: what a user "
+    "sees, including time in the topic (lag).",
+    buckets=LATENCY_BUCKETS,
+    registry=_W,
+)
+READ_TO_PUBLISH = Histogram(
+    "glintstream_read_to_publish_seconds",
+    "From the worker receiving a click from its consumer to the recommendation acked by the "
+    "broker: the worker's own share of the latency.",
+    buckets=LATENCY_BUCKETS,
+    registry=_W,
+)
+MODEL_SECONDS = Histogram(
+    "glintstream_model_step_score_seconds",
+    "One batched model step + top-K scoring of a micro-batch (all its rounds).",
+    buckets=LATENCY_BUCKETS,
+    registry=_W,
+)
 BATCH_SECONDS = Histogram(
     "glintstream_batch_seconds",
     "Wall time of one micro-batch: model, publish + delivery wait, RocksDB write.",
-    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+    buckets=LATENCY_BUCKETS,
+    registry=_W,
+)
+BATCH_CLICKS = Histogram(
+    "glintstream_batch_clicks",
+    "Click messages per micro-batch, as delivered by the consumer.",
+    buckets=BATCH_SIZE_BUCKETS,
+    registry=_W,
+)
+CONSUMER_LAG = Gauge(
+    "glintstream_consumer_lag_records",
+    "Click messages not yet applied: the partition's high watermark (from the last Fetch "
+    "response) minus the next offset to apply.",
+    ["topic", "partition"],
+    registry=_W,
+)
+STATE_KEYS = Gauge(
+    "glintstream_state_keys",
+    "Keys in the partition's RocksDB state store (RocksDB's estimate: users + 2 bookkeeping).",
+    ["partition"],
+    registry=_W,
+)
+STATE_BYTES = Gauge(
+    "glintstream_state_bytes",
+    "Size of the partition's RocksDB state store: SST files on disk + memtables.",
+    ["partition"],
+    registry=_W,
+)
+LAST_COMMIT = Gauge(
+    "glintstream_last_commit_timestamp_seconds",
+    "Unix time of the last successful Kafka offset commit (the worker's start before the "
+    "first). Idle workers have nothing to commit: read it together with the lag.",
+    registry=_W,
 )
 
 
-def serve_metrics(host: str, port: int) -> None:
-    """Expose /metrics; port 0 disables it. A busy port is logged, not fatal."""
+def observe_published(
+    now_unix: float, now_monotonic: float, clicks: Iterable[tuple[float | None, float | None]]
+) -> None:
+    """Latencies of clicks whose recommendations were just acked: (Kafka ts, read time) each.
+
+    Producer clocks may run ahead of ours: a negative age is recorded as 0, not dropped, so the
+    counts still match the recommendations.
+    """
+    for kafka_ts, read_at in clicks:
+        if kafka_ts is not None:
+            CLICK_TO_PUBLISH.observe(max(0.0, now_unix - kafka_ts))
+        if read_at is not None:
+            READ_TO_PUBLISH.observe(max(0.0, now_monotonic - read_at))
+
+
+# ====================================================================== fine-tune job
+# (`glintstream finetune`, stream/finetune.py)
+_F = FINETUNE_REGISTRY
+
+# The outcomes of a fine-tune run that move the streak (stream.finetune names all of them).
+RUN_PUBLISHED, RUN_REJECTED = "published", "rejected"
+
+FINETUNE_RUNS = Counter(
+    "glintstream_finetune_runs_total",
+    "Fine-tune runs by outcome: published (passed the gate), rejected (failed the gate), "
+    "skipped (too few holdout users), failed (an error, logged).",
+    ["outcome"],
+    registry=_F,
+)
+FINETUNE_REJECTED_IN_A_ROW = Gauge(
+    "glintstream_finetune_consecutive_rejections",
+    "Runs rejected by the evaluation gate since the last published one (skipped and failed "
+    "runs neither count nor reset it).",
+    registry=_F,
+)
+FINETUNE_LAST_RUN = Gauge(
+    "glintstream_finetune_last_run_timestamp_seconds",
+    "Unix time at which the last fine-tune run ended, by outcome.",
+    ["outcome"],
+    registry=_F,
+)
+FINETUNE_CLICKS = Counter(
+    "glintstream_finetune_clicks_total",
+    "Click messages consumed by the fine-tune job, by outcome: stored, duplicate (redelivered), "
+    "rejected (not a valid click; the worker dead-letters it).",
+    ["outcome"],
+    registry=_F,
+)
+FINETUNE_HR = Gauge(
+    "glintstream_finetune_last_hr10",
+    "Holdout HR@10 of the last evaluated run, by model: current (served) or new (candidate).",
+    ["model"],
+    registry=_F,
+)
+FINETUNE_NDCG = Gauge(
+    "glintstream_finetune_last_ndcg10",
+    "Holdout NDCG@10 of the last evaluated run, by model: current (served) or new (candidate); "
+    "the gate compares these.",
+    ["model"],
+    registry=_F,
+)
+FINETUNE_SECONDS = Gauge(
+    "glintstream_finetune_last_run_seconds", "Wall time of the last run.", registry=_F
+)
+FINETUNE_VERSION = Gauge(
+    "glintstream_finetune_last_published_version",
+    "Registry version of the last publish.",
+    registry=_F,
+)
+FINETUNE_USERS = Gauge(
+    "glintstream_finetune_users", "Users in the fine-tune job's store.", registry=_F
+)
+FINETUNE_VOCAB_ITEMS = Gauge(
+    "glintstream_finetune_vocab_items", "Items in the last fine-tuned vocabulary.", registry=_F
+)
+
+
+def record_finetune_run(outcome: str) -> None:
+    """Count a finished run and keep the rejected-in-a-row streak the alerts watch."""
+    FINETUNE_RUNS.labels(outcome).inc()
+    FINETUNE_LAST_RUN.labels(outcome).set_to_current_time()
+    if outcome == RUN_REJECTED:
+        FINETUNE_REJECTED_IN_A_ROW.inc()
+    elif outcome == RUN_PUBLISHED:
+        FINETUNE_REJECTED_IN_A_ROW.set(0)
+
+
+def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> None:
+    """Expose ``registry`` on http://host:port/metrics; port 0 disables it.
+
+    A busy port is logged, not fatal: serving recommendations matters more than its metrics.
+    """
     if not port:
         return
     try:
-        start_http_server(port, addr=host)
+        start_http_server(port, addr=host, registry=registry)
         log.info("metrics on http://%s:%d/metrics", host, port)
     except OSError as e:
         log.warning("metrics not served on %s:%d: %s", host, port, e)

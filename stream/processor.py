@@ -46,6 +46,10 @@ class RawClick:
     offset: int
     key: bytes | None
     value: bytes | None
+    # For the latency metrics only: the record's Kafka timestamp (unix seconds) and when the
+    # worker received it (time.monotonic()); None where unknown.
+    timestamp: float | None = None
+    read_at: float | None = None
 
 
 class Admit(Enum):
@@ -106,6 +110,7 @@ class ClickProcessor:
         self.changelog = changelog
         self.models = models
         self.scorer: Scorer = models.load()
+        metrics.MODEL_VERSION.set(self.scorer.version)
         self._cursors: dict[int, PartitionCursor] = {}
 
     def close(self) -> None:
@@ -175,10 +180,23 @@ class ClickProcessor:
         if new_scorer is not None:
             self.scorer = new_scorer
             metrics.MODEL_SWAPS.inc()
+            metrics.MODEL_VERSION.set(new_scorer.version)
+
+    def applied_offsets(self) -> dict[int, int]:
+        """{partition: last applied offset}; safe to call from the event loop (a snapshot)."""
+        # list() copies in one step under the GIL while the batch thread may add partitions
+        return {partition: cursor.applied for partition, cursor in list(self._cursors.items())}
+
+    def update_store_metrics(self) -> None:
+        """Publish the state store's size; on the batch thread, like every store access."""
+        for partition, (keys, size) in self.store.sizes().items():
+            metrics.STATE_KEYS.labels(str(partition)).set(keys)
+            metrics.STATE_BYTES.labels(str(partition)).set(size)
 
     def process(self, batch: list[RawClick], assigned: set[int]) -> dict[int, int]:
         """Apply a batch; return the seeks {partition: offset} the consumer must perform."""
         started = time.monotonic()
+        metrics.BATCH_CLICKS.observe(len(batch))
         admitted, seeks = self._admit(batch, assigned)
         if admitted:
             self._apply(admitted)
@@ -215,6 +233,10 @@ class ClickProcessor:
                 partition=partition,
             )
         delivered = self.publisher.wait()  # everything above acked by the broker, or raise
+        # Published = acked: from here on consumers can read the recommendations.
+        metrics.observe_published(
+            time.time(), time.monotonic(), ((v.message.timestamp, v.message.read_at) for v in valid)
+        )
         self._persist(applied, records, delivered)
         metrics.CLICKS.labels("applied").inc(len(valid))
         metrics.RECOMMENDATIONS.inc(len(valid))
@@ -228,7 +250,9 @@ class ClickProcessor:
         users = list(slots)
         stored = [self.store.partition(p).get(u) for p, u in users]
         clicks = [(slots[(v.message.partition, v.click.user_id)], v.item) for v in valid]
+        started = time.monotonic()
         states, tops = scorer.run(stored, clicks)
+        metrics.MODEL_SECONDS.observe(time.monotonic() - started)
 
         last_offset: dict[int, int] = {}
         topic = self.settings.topic_clicks

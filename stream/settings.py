@@ -99,6 +99,24 @@ class Settings(BaseSettings):
     rocksdb_write_buffer_mb: int = 4
     rocksdb_max_write_buffers: int = 2
 
+    # --- Fine-tune job (`glintstream finetune`, see stream/finetune.py) ---
+    finetune_group_id: str = "glintstream-finetune"  # its own consumer group on clicks
+    finetune_every_clicks: int = 2000  # run after this many new clicks ...
+    finetune_every_s: float = 60.0  # ... or this long after the last run, if any click came
+    finetune_steps: int = 20  # Adam steps per run: bounds its time (~1 s each on ML-1M, 1 core)
+    finetune_lr: float = 3e-4  # small: it starts from a trained model
+    finetune_batch_size: int = 32  # windows (or whole users, streaming variant) per step
+    finetune_holdout_users: int = 200  # most recently active users whose last click is held out
+    finetune_min_holdout_users: int = 20  # fewer: skip the run (its figures would be noise)
+    finetune_tolerance: float = 0.0  # publish if new NDCG@10 >= current NDCG@10 - this
+    finetune_user_clicks: int = 200  # clicks kept per user (= the ML-1M window L)
+    finetune_max_users: int = 20000  # users kept; the least recently active are evicted
+    finetune_new_item_min_clicks: int = 2  # clicks before a new item joins the vocabulary
+    finetune_keep_versions: int = 5  # registry versions retained after a publish
+    finetune_block_cache_mb: int = 8  # RocksDB block cache of the job's store
+    finetune_torch_threads: int = 1  # leaves the other cores to the workers
+    finetune_seed: int = 0
+
     def torch_device(self) -> str:
         if self.device != "auto":
             return self.device

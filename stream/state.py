@@ -103,6 +103,13 @@ class PartitionStore:
         raw = self._db.get(key)
         return NOTHING if raw is None else int(raw)
 
+    def size(self) -> tuple[int, int]:
+        """(estimated keys, bytes in SST files + memtables): RocksDB's own cheap figures."""
+        keys = self._db.property_int_value("rocksdb.estimate-num-keys") or 0
+        disk = self._db.property_int_value("rocksdb.total-sst-files-size") or 0
+        memory = self._db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
+        return keys, disk + memory
+
     def get(self, user_id: str) -> UserRecord | None:
         raw = self._db.get(user_id.encode())
         return None if raw is None else UserRecord.decode(raw)
@@ -172,6 +179,10 @@ class StateStore:
             path = self.root / f"p{partition:04d}"
             store = self._partitions[partition] = PartitionStore(path, self._options, partition)
         return store
+
+    def sizes(self) -> dict[int, tuple[int, int]]:
+        """{partition: (estimated keys, bytes)} of the partition databases opened so far."""
+        return {partition: store.size() for partition, store in self._partitions.items()}
 
     def close(self) -> None:
         for store in self._partitions.values():

@@ -1,0 +1,201 @@
+"""Fine-tuning a served model on recent clicks: the pure part (no Kafka, no RocksDB, no files).
+
+The fine-tune job (``stream.finetune``) calls these in order on every run:
+
+1. ``grow_vocabulary``: items seen in the stream but unknown to the model are appended to the
+   vocabulary. Existing indices never move, so per-user rings of item indices stored by the
+   workers stay valid under the new model; the new embedding rows start at the mean of the
+   known items (plus a little noise, so they are not identical) and are trained by step 3.
+2. ``split_holdout``: each of the most recent users' last click is held out as a target.
+3. ``finetune``: a bounded number of Adam steps on a copy of the model (every prefix in one
+   pass, or chunks with the state carried for the streaming variant, as in ``model.train``).
+4. ``holdout_metrics`` of the new and the current model, and ``gate``: publish only if the new
+   model's NDCG@10 is not worse than the current one's (minus a tolerance).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from model.evaluate import full_ranks, mask_seen, metrics_from_ranks
+from model.glintru import GlintRU
+from model.train import batches, is_streaming, score_fn, streaming_loss_steps, windows
+
+K = 10  # the cut-off of the gate's figures: HR@10 and NDCG@10
+GATE_METRIC = f"NDCG@{K}"
+NEW_ITEM_NOISE = 0.1  # std of a new embedding row's noise, as a fraction of the rows' std
+EVAL_BATCH_SIZE = 256  # holdout users scored per forward pass
+MISS_RANK = 2**31 - 1  # the rank of a target a model cannot score: beyond any cut-off
+
+
+# ----------------------------------------------------------------------------- new items
+def new_items_in(vocab: list[str], sequences: Iterable[list[str]], min_clicks: int) -> list[str]:
+    """External ids missing from ``vocab`` with at least ``min_clicks`` clicks, in order of first
+    appearance (deterministic, so two runs on the same data grow the table the same way)."""
+    known = set(vocab)
+    counts: dict[str, int] = {}
+    for seq in sequences:
+        for item in seq:
+            if item not in known:
+                counts[item] = counts.get(item, 0) + 1
+    return [item for item, n in counts.items() if n >= min_clicks]
+
+
+def grow_vocabulary(
+    model: GlintRU, manifest: dict, new_items: list[str], seed: int = 0
+) -> tuple[GlintRU, list[str]]:
+    """A copy of ``model`` whose vocabulary ends with ``new_items`` (those it does not know yet).
+
+    Returns (model, vocab). Rows 0..num_items keep their index and weights; each new row is the
+    mean of the real items' rows plus noise of ``NEW_ITEM_NOISE`` times their std per dimension.
+    """
+    if not isinstance(model, GlintRU):
+        raise TypeError(f"only GLINT-RU models can grow their vocabulary, not {type(model)}")
+    vocab = list(manifest["vocab"])
+    if len(vocab) != model.num_items + 1:
+        raise ValueError(f"vocab has {len(vocab)} entries, the model {model.num_items + 1}")
+    known = set(vocab)
+    added = [item for item in dict.fromkeys(new_items) if item not in known]
+    if not added:
+        return copy.deepcopy(model), vocab
+    grown = GlintRU(replace(model.config, num_items=model.num_items + len(added)))
+    grown.to(model.item_embedding.weight.device)
+    state = model.state_dict()
+    old_table = state.pop("item_embedding.weight")
+    grown.load_state_dict(state, strict=False)  # only the table differs
+    with torch.no_grad():
+        real = old_table[1:]
+        generator = torch.Generator().manual_seed(seed)
+        noise = torch.randn(len(added), real.size(1), generator=generator)
+        rows = real.mean(0) + NEW_ITEM_NOISE * real.std(0) * noise.to(real.device)
+        grown.item_embedding.weight.copy_(torch.cat([old_table, rows.to(old_table.dtype)]))
+    return grown.train(model.training), vocab + added
+
+
+def to_indices(sequences: Iterable[list[str]], vocab: list[str]) -> list[np.ndarray]:
+    """External ids -> index arrays; ids missing from ``vocab`` are dropped from the sequence."""
+    index = {item: i for i, item in enumerate(vocab) if i > 0}
+    out = []
+    for seq in sequences:
+        kept = [index[item] for item in seq if item in index]
+        out.append(np.asarray(kept, dtype=np.int64))
+    return out
+
+
+# ----------------------------------------------------------------------------- holdout
+def split_holdout(
+    sequences: list[np.ndarray], holdout_users: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(training sequences, holdout sequences) from sequences ordered oldest-active first.
+
+    The last ``holdout_users`` users with at least 2 clicks are held out: their whole sequence is
+    a holdout sequence (last click = target) and only the clicks before it are trained on, so no
+    target is ever seen in training.
+    """
+    eligible = [i for i, s in enumerate(sequences) if len(s) >= 2]
+    chosen = set(eligible[-holdout_users:]) if holdout_users > 0 else set()
+    train = [s[:-1] if i in chosen else s for i, s in enumerate(sequences)]
+    holdout = [sequences[i] for i in sorted(chosen)]
+    return [s for s in train if len(s) >= 2], holdout
+
+
+@torch.no_grad()
+def holdout_metrics(model: GlintRU, sequences: list[np.ndarray]) -> dict[str, float]:
+    """Next-click HR@10 and NDCG@10 of each sequence's last click given the clicks before it.
+
+    Full ranking over the model's items with the history masked (the worker masks seen items).
+    Items beyond the model's vocabulary (grown since) are dropped from histories, and a target
+    the model cannot score, or a user with no known history left, is a miss.
+    """
+    if not sequences:
+        raise ValueError("no holdout sequences")
+    was_training = model.training
+    model.eval()
+    device = model.item_embedding.weight.device
+    score = score_fn(model, model.config.max_len, device)
+    ranks = []
+    try:
+        for start in range(0, len(sequences), EVAL_BATCH_SIZE):
+            chunk = sequences[start : start + EVAL_BATCH_SIZE]
+            histories = [s[:-1][s[:-1] <= model.num_items] for s in chunk]
+            targets = torch.tensor([int(s[-1]) for s in chunk])
+            known = (targets <= model.num_items) & torch.tensor([len(h) > 0 for h in histories])
+            safe_targets = torch.where(known, targets, torch.ones_like(targets))
+            safe_histories = [h if len(h) else np.ones(1, np.int64) for h in histories]
+            scores = score(safe_histories).detach().float().cpu()
+            # NaN compares false, so it would rank first: make it the worst score instead
+            scores = torch.nan_to_num(scores, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+            rank = full_ranks(mask_seen(scores, safe_histories, safe_targets), safe_targets)
+            ranks.append(torch.where(known, rank, torch.full_like(rank, MISS_RANK)))
+    finally:
+        model.train(was_training)
+    figures = metrics_from_ranks(torch.cat(ranks).numpy())
+    return {f"HR@{K}": figures[f"HR@{K}"], GATE_METRIC: figures[GATE_METRIC]}
+
+
+def gate(new: dict[str, float], current: dict[str, float], tolerance: float = 0.0) -> bool:
+    """Publish only if the new model is not worse: NDCG@10 >= current NDCG@10 - tolerance."""
+    value = new[GATE_METRIC]
+    return math.isfinite(value) and value >= current[GATE_METRIC] - tolerance
+
+
+def weights_finite(model: torch.nn.Module) -> bool:
+    """A diverged fine-tune can leave NaN/inf weights that still rank something; never ship it."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- training
+def _loss_steps(
+    model: GlintRU, sequences: list[np.ndarray], batch_size: int, rng: np.random.Generator
+) -> Iterator[Callable[[], Tensor]]:
+    """One closure per optimiser step, cycling over the data until the caller stops."""
+    device = model.item_embedding.weight.device
+    rows = [] if is_streaming(model) else windows(sequences, model.config.max_len)
+    while True:
+        if is_streaming(model):
+            yield from streaming_loss_steps(model, sequences, batch_size, rng)
+        else:
+            for batch in batches(rows, batch_size, rng):
+
+                def loss(b: dict[str, Tensor] = batch) -> Tensor:
+                    return model.calculate_loss({k: v.to(device) for k, v in b.items()})
+
+                yield loss
+
+
+def finetune(
+    model: GlintRU,
+    sequences: list[np.ndarray],
+    steps: int,
+    lr: float,
+    *,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> GlintRU:
+    """A fine-tuned copy of ``model`` (eval mode) after ``steps`` Adam steps on ``sequences``.
+
+    The input model is left untouched: it is the "current" side of the gate. A non-finite loss
+    stops training early; ``weights_finite`` and the gate then keep the result out.
+    """
+    usable = [s for s in sequences if len(s) >= 2]
+    tuned = copy.deepcopy(model).train()
+    if not usable or steps <= 0:
+        return tuned.eval()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
+    for _, loss_fn in zip(range(steps), _loss_steps(tuned, usable, batch_size, rng)):
+        loss = loss_fn()
+        if not torch.isfinite(loss):
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return tuned.eval()

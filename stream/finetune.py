@@ -1,0 +1,372 @@
+"""`glintstream finetune`: keep the served model learning from the click stream.
+
+The job has its own consumer group on `clicks` and its own store of recent per-user clicks
+(``stream.finetune_store``). Every ``every_clicks`` new clicks, or ``every_s`` seconds after the
+last run if any click came in, it runs once (``FinetuneJob.run_once``):
+
+1. load the current model: the registry's CURRENT version, else the fallback checkpoint;
+2. grow its vocabulary with the new items of the stream (``model.finetune.grow_vocabulary``);
+3. hold out the most recent users' last clicks, fine-tune a copy for a bounded number of steps;
+4. gate: publish only if the new model's holdout NDCG@10 is not worse than the current one's;
+5. publish to the registry (the gate figures go into the version's entry) and announce the
+   version on `model-updates`. Workers poll the registry's CURRENT and swap between batches.
+
+Every run, published, rejected or skipped, is logged with its figures and counted in metrics.
+The fine-tune runs on the consumer thread: librdkafka keeps the group session alive from its own
+thread, and a run is bounded by its step count, well under the consumer's max poll interval.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+from confluent_kafka import Consumer, KafkaError, Producer
+
+from model.checkpoint import MANIFEST, load_checkpoint, save_checkpoint
+from model.finetune import (
+    GATE_METRIC,
+    K,
+    finetune,
+    gate,
+    grow_vocabulary,
+    holdout_metrics,
+    new_items_in,
+    split_holdout,
+    to_indices,
+    weights_finite,
+)
+from model.glintru import GlintRU
+from model.registry import Registry
+from stream import metrics
+from stream.broker import ensure_topics
+from stream.clicks import Click, parse_click
+from stream.finetune_store import RecentClicks, StoredClick
+from stream.metrics import serve_metrics
+from stream.scoring import ModelNotFoundError
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CONSUME_BATCH = 500  # messages per consume() call
+POLL_S = 0.5  # consume() timeout: how often the stop flag and the schedule are checked
+ANNOUNCE_TIMEOUT_S = 30.0  # wait for the broker to ack a `model-updates` announcement
+HR, NDCG = f"HR@{K}", GATE_METRIC
+
+# Outcomes of a run (the label of glintstream_finetune_runs_total).
+PUBLISHED, REJECTED, SKIPPED, FAILED = "published", "rejected", "skipped", "failed"
+# The job's metrics live in stream.metrics (FINETUNE_*), served from FINETUNE_REGISTRY.
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """What a run does; ``from_settings`` is the production source, tests pass their own."""
+
+    group_id: str
+    every_clicks: int
+    every_s: float
+    steps: int
+    lr: float
+    batch_size: int
+    holdout_users: int
+    min_holdout_users: int
+    tolerance: float
+    user_clicks: int
+    max_users: int
+    new_item_min_clicks: int
+    keep_versions: int
+    block_cache_mb: int
+    torch_threads: int
+    seed: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FinetuneOptions:
+        return cls(
+            group_id=settings.finetune_group_id,
+            every_clicks=settings.finetune_every_clicks,
+            every_s=settings.finetune_every_s,
+            steps=settings.finetune_steps,
+            lr=settings.finetune_lr,
+            batch_size=settings.finetune_batch_size,
+            holdout_users=settings.finetune_holdout_users,
+            min_holdout_users=settings.finetune_min_holdout_users,
+            tolerance=settings.finetune_tolerance,
+            user_clicks=settings.finetune_user_clicks,
+            max_users=settings.finetune_max_users,
+            new_item_min_clicks=settings.finetune_new_item_min_clicks,
+            keep_versions=settings.finetune_keep_versions,
+            block_cache_mb=settings.finetune_block_cache_mb,
+            torch_threads=settings.finetune_torch_threads,
+            seed=settings.finetune_seed,
+        )
+
+
+@dataclass
+class RunResult:
+    outcome: str  # PUBLISHED, REJECTED, SKIPPED or FAILED
+    parent: int | None = None  # the version fine-tuned from (None: the fallback checkpoint)
+    version: int | None = None  # the published version
+    figures: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class FinetuneJob:
+    def __init__(self, settings: Settings, options: FinetuneOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.root = settings.state_dir / "finetune"
+        self.registry = Registry(settings.registry_dir, keep=options.keep_versions)
+        self.store = RecentClicks(
+            self.root / "recent",
+            options.user_clicks,
+            options.max_users,
+            options.block_cache_mb,
+            settings.rocksdb_write_buffer_mb,
+        )
+        self.device = settings.torch_device()
+        self.runs = 0
+        self._producer: Producer | None = None
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(ANNOUNCE_TIMEOUT_S)
+        self.store.close()
+
+    # ------------------------------------------------------------------ one run
+    def load_current(self) -> tuple[GlintRU, dict[str, Any], int | None]:
+        """(model, manifest, registry version or None for the fallback checkpoint)."""
+        info = self.registry.current()
+        if info is not None:
+            path, version = info.path, info.version
+        elif (self.settings.checkpoint_dir / MANIFEST).is_file():
+            path, version = self.settings.checkpoint_dir, None
+        else:
+            raise ModelNotFoundError(
+                f"nothing to fine-tune: no current version in {self.registry.root} and no "
+                f"checkpoint in {self.settings.checkpoint_dir}"
+            )
+        model, manifest = load_checkpoint(path, device=self.device)
+        if not isinstance(model, GlintRU):
+            raise TypeError(f"the fine-tune job trains GLINT-RU models, not {manifest['kind']}")
+        return model, manifest, version
+
+    def run_once(self) -> RunResult:
+        """One fine-tune run on the stored clicks; logged and counted whatever the outcome."""
+        started = time.monotonic()
+        self.runs += 1
+        try:
+            result = self._run()
+        except Exception:
+            log.exception("fine-tune run %d failed", self.runs)
+            result = RunResult(FAILED)
+        result.seconds = round(time.monotonic() - started, 2)
+        self._report(result)
+        return result
+
+    def _run(self) -> RunResult:
+        opts = self.options
+        torch.set_num_threads(opts.torch_threads)
+        model, manifest, parent = self.load_current()
+        raw = [items for _, items in self.store.sequences()]  # least recently active first
+        added = new_items_in(manifest["vocab"], raw, opts.new_item_min_clicks)
+        grown, vocab = grow_vocabulary(model, manifest, added, seed=opts.seed + self.runs)
+        train, holdout = split_holdout(to_indices(raw, vocab), opts.holdout_users)
+        figures: dict[str, Any] = {
+            "holdout_users": len(holdout),
+            "train_users": len(train),
+            "new_items": len(added),
+            "num_items": grown.num_items,
+            "steps": opts.steps,
+            "lr": opts.lr,
+            "tolerance": opts.tolerance,
+        }
+        if len(holdout) < opts.min_holdout_users:
+            return RunResult(SKIPPED, parent, figures=figures)
+        tuned = finetune(
+            grown, train, opts.steps, opts.lr, batch_size=opts.batch_size, seed=opts.seed
+        )
+        current, new = holdout_metrics(model, holdout), holdout_metrics(tuned, holdout)
+        finite = weights_finite(tuned)
+        figures.update(
+            {
+                f"current_{HR}": current[HR],
+                f"current_{NDCG}": current[NDCG],
+                f"new_{HR}": new[HR],
+                f"new_{NDCG}": new[NDCG],
+                "finite": finite,
+            }
+        )
+        if not (finite and gate(new, current, opts.tolerance)):
+            return RunResult(REJECTED, parent, figures=figures)
+        version = self._publish(tuned, vocab, manifest, parent, figures)
+        return RunResult(PUBLISHED, parent, version, figures)
+
+    def _publish(
+        self,
+        model: GlintRU,
+        vocab: list[str],
+        manifest: dict[str, Any],
+        parent: int | None,
+        figures: dict[str, Any],
+    ) -> int:
+        """Stage a checkpoint, publish it (atomic, it becomes CURRENT), announce it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix="staging-", dir=self.root)
+        try:
+            save_checkpoint(
+                staging,
+                model,
+                kind="glintru",
+                config=model.config,
+                vocab=vocab,
+                dataset=manifest.get("dataset", ""),
+                metrics={"finetune": figures},
+                extra={"finetuned_from": parent},
+            )
+            note = (
+                f"finetune run {self.runs}: {figures['train_users']} users, "
+                f"{figures['steps']} steps, +{figures['new_items']} items"
+            )
+            info = self.registry.publish(staging, parent=parent, gate=figures, note=note)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        self._announce(info.version, parent, figures, info.created, model.num_items)
+        return info.version
+
+    def _announce(
+        self, version: int, parent: int | None, figures: dict[str, Any], created: str, items: int
+    ) -> None:
+        """Tell `model-updates` readers; the registry, not this message, is the truth, so a lost
+        announcement is logged and the version stays published (workers poll CURRENT)."""
+        if self._producer is None:
+            self._producer = Producer({**self.settings.confluent_config(), "acks": "all"})
+        message = {
+            "version": version,
+            "parent": parent,
+            "figures": figures,
+            "created": created,
+            "num_items": items,
+            "announced": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        errors: list[KafkaError] = []
+        self._producer.produce(
+            self.settings.topic_model_updates,
+            json.dumps(message).encode(),
+            str(version).encode(),
+            on_delivery=lambda err, _msg: errors.append(err) if err else None,
+        )
+        left = self._producer.flush(ANNOUNCE_TIMEOUT_S)
+        if errors or left:
+            log.error("announcing version %d failed: %s", version, errors or f"{left} unacked")
+
+    def _report(self, result: RunResult) -> None:
+        metrics.record_finetune_run(result.outcome)
+        metrics.FINETUNE_SECONDS.set(result.seconds)
+        metrics.FINETUNE_USERS.set(len(self.store))
+        f = result.figures
+        if "num_items" in f:
+            metrics.FINETUNE_VOCAB_ITEMS.set(f["num_items"])
+        for model in ("current", "new"):
+            if f"{model}_{NDCG}" in f:
+                metrics.FINETUNE_HR.labels(model).set(f[f"{model}_{HR}"])
+                metrics.FINETUNE_NDCG.labels(model).set(f[f"{model}_{NDCG}"])
+        if result.version is not None:
+            metrics.FINETUNE_VERSION.set(result.version)
+        parent = "fallback checkpoint" if result.parent is None else f"v{result.parent}"
+        where = f" v{result.version}" if result.version is not None else ""
+        scores = (
+            f"NDCG@{K} {f[f'current_{NDCG}']:.4f} -> {f[f'new_{NDCG}']:.4f}, "
+            f"HR@{K} {f[f'current_{HR}']:.4f} -> {f[f'new_{HR}']:.4f}, "
+            if f"new_{NDCG}" in f
+            else ""
+        )
+        log.info(
+            "fine-tune run %d: %s%s (from %s): %s%s users (holdout %s), %s steps, "
+            "+%s new items, %.1f s",
+            self.runs,
+            result.outcome,
+            where,
+            parent,
+            scores,
+            f.get("train_users", "?"),
+            f.get("holdout_users", "?"),
+            f.get("steps", "?"),
+            f.get("new_items", "?"),
+            result.seconds,
+        )
+
+    # ------------------------------------------------------------------ the stream
+    def consume(self, should_stop: Callable[[], bool]) -> None:
+        """Consume clicks and run on schedule until ``should_stop()``."""
+        s = self.settings
+        ensure_topics(s, [s.topic_clicks, s.topic_model_updates], s.partitions)
+        consumer = Consumer(
+            s.confluent_consumer_config(self.options.group_id, **{"enable.auto.commit": False})
+        )
+        consumer.subscribe([s.topic_clicks])
+        log.info(
+            "fine-tune job: group %s on %s, a run every %d clicks or %.0f s",
+            self.options.group_id,
+            s.topic_clicks,
+            self.options.every_clicks,
+            self.options.every_s,
+        )
+        pending, last_run = 0, time.monotonic()
+        try:
+            while not should_stop():
+                messages = consumer.consume(CONSUME_BATCH, POLL_S)
+                if messages:
+                    pending += self._store(messages)
+                    consumer.commit(asynchronous=True)  # after the store: at-least-once
+                elapsed = time.monotonic() - last_run
+                if pending >= self.options.every_clicks or (
+                    pending and elapsed >= self.options.every_s
+                ):
+                    self.run_once()
+                    pending, last_run = 0, time.monotonic()
+        finally:
+            consumer.close()
+
+    def _store(self, messages: list[Any]) -> int:
+        clicks = []
+        for m in messages:
+            if m.error() is not None:
+                if m.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", m.error())
+                continue
+            parsed = parse_click(m.value(), m.key(), self.settings.max_click_bytes)
+            if not isinstance(parsed, Click):
+                metrics.FINETUNE_CLICKS.labels("rejected").inc()
+                continue
+            clicks.append(StoredClick(m.partition(), m.offset(), parsed.user_id, parsed.item_id))
+        stored, duplicates = self.store.add(clicks)
+        metrics.FINETUNE_CLICKS.labels("stored").inc(stored)
+        metrics.FINETUNE_CLICKS.labels("duplicate").inc(duplicates)
+        return stored
+
+
+def run_finetune(settings: Settings) -> None:
+    """The `glintstream finetune` process: serve metrics, consume until SIGTERM/SIGINT."""
+    options = FinetuneOptions.from_settings(settings)
+    torch.set_num_threads(options.torch_threads)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # finish the batch (or run) in hand, then leave the group cleanly
+        signal.signal(signum, lambda *_: stop.set())
+    serve_metrics(settings.metrics_host, settings.finetune_metrics_port, metrics.FINETUNE_REGISTRY)
+    job = FinetuneJob(settings, options)
+    try:
+        job.consume(stop.is_set)
+    finally:
+        job.close()
+    log.info("fine-tune job stopped after %d runs", job.runs)
