@@ -34,8 +34,12 @@ test: setup setup-prometheus
 	$(BIN)/glintstream broker --port 0 --run-dir .run/test-broker -- \
 		$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# Every demo starts clean: the embedded broker keeps nothing across restarts, so neither do we.
+DEMO_DIR := .run/demo
 demo: setup
-	$(BIN)/honcho start -f Procfile
+	rm -rf $(DEMO_DIR)
+	GLINTSTREAM_STATE_DIR=$(DEMO_DIR)/state GLINTSTREAM_REGISTRY_DIR=$(DEMO_DIR)/registry \
+		$(BIN)/honcho start -f Procfile
 
 lint: setup
 	$(BIN)/ruff check .
