@@ -210,8 +210,12 @@ def encode_streaming(
     seq, lengths = seq.to(device), lengths.to(device)
     state = model.init_state(len(histories))
     for start in range(0, seq.size(1), L):
-        n = (lengths - start).clamp(0, L)
-        _, state = model.streaming_chunk(seq[:, start : start + L], n, state, with_outputs=False)
+        rows = (lengths > start).nonzero().squeeze(1)  # users with clicks left: no padding work
+        n = (lengths[rows] - start).clamp(max=L)
+        _, sub = model.streaming_chunk(
+            seq[rows, start : start + L], n, state[rows], with_outputs=False
+        )
+        state.n[rows], state.ring[rows], state.vec[rows] = sub.n, sub.ring, sub.vec
     last = torch.tensor([int(h[-1]) for h in histories], device=device)
     return model.step(state, last)[1]
 
