@@ -74,6 +74,7 @@ class TrainConfig:
     eval_batch_size: int = 512
     progress: bool = True
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    init_from: Path | None = None  # continue from a checkpoint's weights (fresh optimizer)
 
     @property
     def window(self) -> int:
@@ -248,6 +249,11 @@ def train(config: TrainConfig, data: SequenceData | None = None) -> dict:
     split: Split = leave_one_out(data)
     counts = item_counts(split.train, data.num_items)
     model, kind, model_config = build_model(config, data.num_items)
+    if config.init_from is not None:
+        start, manifest = load_checkpoint(config.init_from)
+        if manifest["vocab"] != data.vocab or manifest["config"] != asdict(model_config):
+            raise ValueError(f"{config.init_from} has another vocabulary or model configuration")
+        model.load_state_dict(start.state_dict())
     model.to(config.device)
     log.info(
         "%s on %s: %d users, %d items, %d parameters",

@@ -28,6 +28,9 @@ MODEL_CHOICES = ["glintru", "glintru-streaming", "sasrec", "gru4rec", "popularit
 @click.option("--max-minutes", type=float, help="Stop after the epoch that crosses this budget.")
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--no-progress", is_flag=True)
+@click.option(
+    "--init-from", type=click.Path(path_type=Path, exists=True), help="Continue from a checkpoint."
+)
 @pass_settings
 def train(
     settings: Settings,
@@ -45,6 +48,7 @@ def train(
     max_minutes: float | None,
     threads: int,
     no_progress: bool,
+    init_from: Path | None,
 ) -> None:
     """Train a model with leave-one-out by time; saves the best-valid checkpoint."""
     from model.train import TrainConfig
@@ -67,6 +71,7 @@ def train(
         threads=threads,
         device=settings.torch_device(),
         progress=not no_progress,
+        init_from=init_from,
     )
     metrics = run(config)
     click.echo(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,28 @@ def test_streaming_encoding_of_long_histories_equals_one_pass():
     for h, u in zip(histories, encoded):
         full = model.all_positions(torch.from_numpy(h)[None], torch.tensor([len(h)]))[0, -1]
         assert torch.allclose(u, full, atol=1e-10)
+
+
+def test_training_continues_from_a_checkpoint(tmp_path: Path):
+    data = synthetic(num_users=60, num_items=20, min_len=6, max_len=15, seed=2)
+    base = TrainConfig(
+        dataset="synthetic",
+        out_dir=tmp_path / "a",
+        epochs=2,
+        max_len=8,
+        hidden_size=16,
+        batch_size=16,
+        threads=1,
+        progress=False,
+    )
+    first = train(base, data=data)
+    # zero further epochs from the saved weights reproduces the saved model exactly
+    again = train(
+        replace(base, out_dir=tmp_path / "b", epochs=0, init_from=tmp_path / "a"), data=data
+    )
+    assert again["test"] == first["test"]
+    with pytest.raises(ValueError, match="another vocabulary"):
+        train(
+            replace(base, out_dir=tmp_path / "c", hidden_size=8, init_from=tmp_path / "a"),
+            data=data,
+        )
