@@ -78,3 +78,157 @@ def table(checkpoints: tuple[Path, ...]) -> None:
     click.echo("|---|---|---|---|---|---|---|---|")
     for checkpoint in checkpoints:
         click.echo(results_row(checkpoint))
+
+
+@bench.command()
+@click.option("--dataset", default="synthetic", show_default=True, help="replayed in time order")
+@click.option("--max-clicks", type=int, default=20_000, show_default=True)
+@click.option("--kills", type=int, default=20, show_default=True, help="case (a): kill -9 count")
+@click.option("--junk", type=int, default=10_000, show_default=True, help="case (b): messages")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--cases",
+    default="kill,junk,broker,rebalance",
+    show_default=True,
+    help="comma-separated subset (the clean reference run always runs)",
+)
+@click.option("--step-timeout", type=float, default=180.0, show_default=True)
+@click.option(
+    "--restart-engine",
+    type=click.Choice(["s3", "memory"]),
+    default="s3",
+    show_default=True,
+    help="Tansu engine of case (c); memory loses everything on restart",
+)
+@click.option("--s3rver", help="case (c): path of an s3rver binary (npm) to use instead of moto")
+@click.option("--work-dir", type=click.Path(path_type=Path), help="default: a fresh temp dir")
+def chaos(
+    dataset: str,
+    max_clicks: int,
+    kills: int,
+    junk: int,
+    seed: int,
+    cases: str,
+    step_timeout: float,
+    restart_engine: str,
+    s3rver: str | None,
+    work_dir: Path | None,
+) -> None:
+    """Reliability: kill -9, junk, broker restart, 1->2->1 workers vs a clean run (bench/chaos.py)."""
+    from bench.chaos import ChaosConfig, run_chaos, table, targets_met
+
+    config = ChaosConfig(
+        dataset=dataset,
+        max_clicks=max_clicks,
+        kills=kills,
+        junk=junk,
+        seed=seed,
+        cases=tuple(c.strip() for c in cases.split(",") if c.strip()),
+        step_timeout_s=step_timeout,
+        restart_engine=restart_engine,
+        s3rver=s3rver,
+    )
+    results = run_chaos(config, work_dir)
+    click.echo(table(results))
+    met = targets_met(results)
+    click.echo(
+        f"targets (0 lost, 0 doubly applied, 0 crashes, all junk dead-lettered): {'met' if met else 'NOT met'}"
+    )
+    raise SystemExit(0 if met else 1)
+
+
+@bench.command()
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("checkpoints/ml-1m"),
+    show_default=True,
+    help="The served GLINT-RU checkpoint (streaming or faithful).",
+)
+@click.option(
+    "--faithful-checkpoint",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("checkpoints/ml-1m-faithful"),
+    show_default=True,
+    help="Compared on online accuracy and throughput when it exists.",
+)
+@click.option(
+    "--sasrec-checkpoint",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="SASRec for the recompute baseline (default: random weights; speed only).",
+)
+@click.option("--dataset", default="ml-1m", show_default=True)
+@click.option(
+    "--users", type=int, default=1000, show_default=True, help="Replay the first N users."
+)
+@click.option("--throughput-clicks", type=int, default=60_000, show_default=True)
+@click.option("--recompute-clicks", type=int, default=5_000, show_default=True)
+@click.option(
+    "--rates", default="500,1000,2000", show_default=True, help="Offered rates (clicks/s)."
+)
+@click.option("--rate-seconds", type=float, default=15.0, show_default=True)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".run/bench-stream"),
+    show_default=True,
+    help="Broker, worker state and logs, raw latencies (latency.csv).",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("docs/figures/stream-latency.png"),
+    show_default=True,
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A worker setting for every worker run (e.g. batch_max_ms=5); defaults otherwise.",
+)
+@click.option("--quick", is_flag=True, help="The <= 1 minute version (fewer users and clicks).")
+def stream(
+    checkpoint: Path,
+    faithful_checkpoint: Path,
+    sasrec_checkpoint: Path | None,
+    dataset: str,
+    users: int,
+    throughput_clicks: int,
+    recompute_clicks: int,
+    rates: str,
+    rate_seconds: float,
+    work_dir: Path,
+    plot: Path,
+    sets: tuple[str, ...],
+    quick: bool,
+) -> None:
+    """The worker end to end: throughput, latency, CPU, memory, floors, online accuracy."""
+    import logging
+
+    from bench.stream import StreamBench, StreamBenchConfig, machine
+    from stream.cli import parse_sets
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    config = StreamBenchConfig(
+        checkpoint=checkpoint,
+        faithful_checkpoint=faithful_checkpoint if faithful_checkpoint.is_dir() else None,
+        sasrec_checkpoint=sasrec_checkpoint,
+        dataset=dataset,
+        users=users,
+        throughput_clicks=throughput_clicks,
+        recompute_clicks=recompute_clicks,
+        rates=tuple(float(r) for r in rates.split(",")),
+        rate_seconds=rate_seconds,
+        work_dir=work_dir,
+        plot=plot,
+        worker_settings=parse_sets(sets),
+    )
+    result = StreamBench(config.quick() if quick else config).run()
+    overrides = ", ".join(f"{k}={v}" for k, v in config.worker_settings.items()) or "none"
+    click.echo(
+        f"machine: {machine()}; checkpoint {checkpoint}; worker settings overridden: "
+        f"{overrides}; raw latencies {work_dir}/latency.csv"
+    )
+    click.echo(result.table())

@@ -59,10 +59,12 @@ class Broker:
         port: int = 9092,
         run_dir: str | Path = ".run/broker",
         storage_engine: str = "memory://tansu/",
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.port = port or free_port(self.host)  # 0 = any free port
         self.run_dir = Path(run_dir)
-        self.storage_engine = storage_engine  # s3:// engines read AWS_* from our environment
+        self.storage_engine = storage_engine  # s3:// engines read AWS_* from the environment
+        self.env = dict(env) if env is not None else None  # None: inherit ours
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -92,7 +94,7 @@ class Broker:
         cmd = [str(tansu_binary()), "broker", "--listener-url", url]
         cmd += ["--advertised-listener-url", url, "--storage-engine", self.storage_engine]
         with self.log_path.open("ab") as logf:
-            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=self.env)
         self.pid_path.write_text(f"{self.proc.pid}\n")
         try:
             self._wait_ready(timeout)

@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 RESTORE_CHUNK = 5000  # records per RocksDB write batch while restoring
 POLL_S = 0.5
-FETCH_WAIT_MS = 10
 ADMIN_TIMEOUT_S = 10.0
 BROKER_WAIT_S = 60.0
 
@@ -96,7 +95,9 @@ class ChangelogReader:
                 "enable.partition.eof": True,
                 # an offset past the end means the broker lost the topic: say so, don't guess
                 "auto.offset.reset": "error",
-                "fetch.wait.max.ms": FETCH_WAIT_MS,  # an empty partition answers EOF at once
+                # short: an empty partition answers EOF only when the wait is over; on Tansu's
+                # s3:// engine it must exceed an S3 read or no Fetch ever returns data
+                "fetch.wait.max.ms": self._settings.worker_fetch_max_wait_ms,
             },
         )
         return Consumer(conf)

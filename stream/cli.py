@@ -19,7 +19,8 @@ from stream.settings import Settings, load_settings
 pass_settings = click.make_pass_decorator(Settings)
 
 
-def _parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
+def parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`--set KEY=VALUE` pairs as settings fields (dashes become underscores)."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -62,7 +63,7 @@ def main(
     )
     try:
         # Explicit flags beat --set, both beat the environment.
-        ctx.obj = load_settings(**{**_parse_sets(sets), **flags})
+        ctx.obj = load_settings(**{**parse_sets(sets), **flags})
     except ValidationError as e:
         raise click.UsageError(f"invalid settings:\n{e}") from None
 

@@ -7,7 +7,7 @@ on the event loop. Per batch, in this order:
    exactly once, against the partition's stored *applied offset* (see ``PartitionCursor``);
 2. parse admitted messages; rejects and unknown items go to the DLQ;
 3. run the model (one batched step per round, see ``stream.scoring``);
-4. send recommendations, DLQ records and the changelog, and wait until the broker acked them;
+4. send recommendations and DLQ records and wait for their acks, then the changelog (acked too);
 5. only then write the new user states and applied offsets to RocksDB (one batch per partition).
 
 A crash before 5 re-applies the batch after restart and republishes the same recommendations
@@ -221,6 +221,17 @@ class ClickProcessor:
             self._dead_letter(message, parsed)
 
         records = self._score(valid) if valid else {}
+        # Outputs first: the changelog says "applied", and a worker restored from it never
+        # re-sends, so a kill -9 between the two must find the outputs already acked.
+        self.publisher.wait()
+        with_vec = not self.scorer.ring_is_enough
+        for (partition, user), record in records.items():
+            self.publisher.send(
+                self.settings.topic_state_changelog,
+                user.encode(),
+                record.encode(with_vec=with_vec),
+                partition=partition,
+            )
         # The applied offsets go to the changelog too, so a new owner knows where to resume.
         applied: dict[int, int] = {}
         for message in admitted:
@@ -286,12 +297,6 @@ class ClickProcessor:
                 scorer.version, partition, last_offset[slot], state.n, state.ring, state.vec
             )
             records[(partition, user)] = record
-            self.publisher.send(
-                self.settings.topic_state_changelog,
-                user.encode(),
-                record.encode(with_vec=not scorer.ring_is_enough),
-                partition=partition,
-            )
         return records
 
     def _dead_letter(self, message: RawClick, rejection: Rejection) -> None:

@@ -9,7 +9,7 @@ setting, add a typed field with a default in the right group below; nothing else
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -85,9 +85,14 @@ class Settings(BaseSettings):
     batch_max_ms: int = 20  # ... or this long, whichever comes first
     top_k: int = 10
     mask_seen: bool = True  # never recommend an item that is in the user's ring buffer
+    # step: one O(1) GLINT-RU step per click; recompute: the full forward over the window per
+    # click (any model, SASRec too): the baseline of `glintstream bench stream`
+    scoring_mode: Literal["step", "recompute"] = "step"
     max_click_bytes: int = 4096  # larger click payloads go to the DLQ as `oversized`
     model_check_interval_s: float = 1.0  # how often to look for a new registry version
     worker_torch_threads: int = 1  # intra-op threads; the event loop + librdkafka keep the rest
+    # Tansu holds an empty Fetch for the whole wait, even when clicks arrive: keep it short
+    worker_fetch_max_wait_ms: int = 10
     # Tansu holds a JoinGroup for half of this; faust's 60 s default means 30 s rebalances.
     worker_session_timeout_s: float = 8.0
     worker_commit_interval_s: float = 1.0  # bounds the re-read (never re-applied) after a crash

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import shutil
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,13 @@ class PartitionStore:
     def get(self, user_id: str) -> UserRecord | None:
         raw = self._db.get(user_id.encode())
         return None if raw is None else UserRecord.decode(raw)
+
+    def records(self) -> Iterator[tuple[str, UserRecord]]:
+        """Every user record (not the bookkeeping keys), in key order."""
+        for key, value in self._db.items():
+            assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
+            if not key.startswith(b"\x00"):
+                yield key.decode(), UserRecord.decode(value)
 
     def write(
         self,

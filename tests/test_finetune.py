@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-from worker_harness import GLINTSTREAM, POLL_S, TopicReader, WorkerProcess, worker_env
 
+from bench.harness import GLINTSTREAM, POLL_S, TopicReader, WorkerProcess, worker_env
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.finetune import (
     finetune,

@@ -29,8 +29,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from test_worker import make_checkpoint
-from worker_harness import ClickProducer, Ledger, WorkerProcess, worker_env
 
+from bench.harness import ClickProducer, Ledger, WorkerProcess, worker_env
 from stream import finetune, metrics
 from stream.settings import REPO_ROOT
 

@@ -126,3 +126,68 @@ def test_unknown_item_has_no_index() -> None:
     assert scorer.item_index("i3") == 3
     assert scorer.item_index("nope") is None
     assert scorer.item_index("<pad>") is None
+
+
+@pytest.mark.parametrize("variant", ["faithful", "streaming"])
+def test_recompute_mode_equals_offline_window_forward(variant: str) -> None:
+    """Recompute = the full forward over the last L clicks; for faithful GLINT-RU that is the
+    step's result too. Records carry no vector; a step-mode scorer rebuilds them from the ring."""
+    model = make_model(4, variant)
+    recompute = Scorer(model, VOCAB, 1, K, True, mode="recompute")
+    assert recompute.ring_is_enough
+    rng = np.random.default_rng(1)
+    histories = [rng.integers(1, NUM_ITEMS + 1, size=n).tolist() for n in (1, 4, MAX_LEN + 5)]
+    outs = run_batches(recompute, histories, 3)
+    for history, user_outs in zip(histories, outs):
+        for t, top in enumerate(user_outs):
+            items, scores = offline_top_k(model, history[: t + 1], True)
+            assert top.items == items
+            np.testing.assert_allclose(top.scores, scores, atol=1e-5)
+    if variant == "faithful":
+        step_outs = run_batches(Scorer(model, VOCAB, 1, K, True), histories, 3)
+        assert [[t.items for t in u] for u in step_outs] == [[t.items for t in u] for u in outs]
+    states, _ = recompute.run([None], [(0, i) for i in histories[2]])
+    assert states[0].vec is None and states[0].n == len(histories[2])
+
+
+def test_recompute_mode_serves_sasrec() -> None:
+    from model.baselines import SASRec, SASRecConfig
+
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(num_items=NUM_ITEMS, d=16, n_heads=2, max_len=MAX_LEN)).eval()
+    with pytest.raises(TypeError, match="recompute"):
+        Scorer(model, VOCAB, 1, K, True)
+    scorer = Scorer(model, VOCAB, 1, K, True, mode="recompute")
+    history = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
+    outs = run_batches(scorer, [history], 2)[0]
+    for t, top in enumerate(outs):
+        window = history[: t + 1][-MAX_LEN:]
+        with torch.no_grad():
+            scores = model.logits(
+                model.forward(torch.tensor([window]), torch.tensor([len(window)]))
+            )[0]
+        scores[torch.tensor(window)] = float("-inf")
+        assert top.items == scores.topk(K).indices.tolist()
+
+
+@pytest.mark.parametrize("batches", [1, 3])
+def test_streaming_chunks_equal_offline_whole_history(batches: int) -> None:
+    """The streaming variant applies each user's clicks of a batch as one chunk: equal to the
+    offline forward over the whole history, the ring (last L items) masked, and to rounds."""
+    model = make_model(5, "streaming")
+    scorer = Scorer(model, VOCAB, 1, K, True)
+    assert scorer.chunked
+    rng = np.random.default_rng(2)
+    histories = [rng.integers(1, NUM_ITEMS + 1, size=n).tolist() for n in (1, 4, 9, 14)]
+    outs = run_batches(scorer, histories, batches)
+    scorer.chunked = False  # the same scorer, one step per round
+    rounds = run_batches(scorer, histories, batches)
+    for history, user_outs, user_rounds in zip(histories, outs, rounds):
+        for t, (top, by_round) in enumerate(zip(user_outs, user_rounds)):
+            seen = history[: t + 1]
+            with torch.no_grad():
+                user = model.forward(torch.tensor([seen]), torch.tensor([len(seen)]))
+                scores = model.logits(user)[0]
+            scores[torch.tensor(seen[-MAX_LEN:])] = float("-inf")
+            assert top.items == scores.topk(K).indices.tolist() == by_round.items
+            np.testing.assert_allclose(top.scores, scores.topk(K).values, atol=1e-5)

@@ -49,6 +49,7 @@ def test_store_persists_records_and_offsets_across_reopen(tmp_path: Path) -> Non
     got = part.get("u1")
     assert got is not None and got.n == 9
     assert part.get("u2") is None
+    assert [user for user, _ in part.records()] == ["u1"]  # not the bookkeeping offsets
     assert store.partition(0).applied_offset == NOTHING  # partitions are separate databases
     part.wipe()
     assert part.get("u1") is None and part.applied_offset == NOTHING

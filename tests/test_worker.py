@@ -31,7 +31,8 @@ import torch
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from worker_harness import (
+
+from bench.harness import (
     ClickProducer,
     Ledger,
     TopicReader,
@@ -40,7 +41,6 @@ from worker_harness import (
     offline_top_k,
     worker_env,
 )
-
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.data import synthetic
 from model.glintru import GlintRU, GlintRUConfig

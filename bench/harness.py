@@ -1,4 +1,5 @@
-"""Helpers for the worker tests: real `glintstream worker` processes driven with confluent-kafka."""
+"""Drive real `glintstream worker` processes with confluent-kafka: the worker tests and the
+reliability benchmark (`bench/chaos.py`) share these helpers."""
 
 from __future__ import annotations
 
@@ -15,23 +16,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from model.glintru import GlintRU
-from stream.state import UserRecord
+from stream.state import StateStore, StoreOptions, UserRecord
 
 GLINTSTREAM = str(Path(sys.executable).parent / "glintstream")
 READY_LINE = "[^Worker]: Ready"
 POLL_S = 0.2
+SMALL_STORE = StoreOptions(block_cache_mb=8, write_buffer_mb=1, max_write_buffers=2)  # readers
 
 
 class WorkerProcess:
-    """One `glintstream worker` subprocess with its log file."""
+    """One `glintstream worker` subprocess (or another ``command``) with its log file."""
 
-    def __init__(self, env: dict[str, str], worker_id: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        worker_id: str,
+        log_dir: Path,
+        command: list[str] | None = None,
+    ) -> None:
         self.env = env
         self.worker_id = worker_id
         self.log_path = log_dir / f"{worker_id}.log"
+        self.command = command or [GLINTSTREAM, "worker", "--worker-id", worker_id]
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_start = 0
 
@@ -40,7 +49,7 @@ class WorkerProcess:
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [GLINTSTREAM, "worker", "--worker-id", self.worker_id],
+                self.command,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -92,18 +101,37 @@ class Ledger:
     clicks: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)  # -> user, t
     histories: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     junk: dict[tuple[int, int], bytes | None] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)  # deliveries the broker never acked
 
 
 class ClickProducer:
-    def __init__(self, bootstrap: str, topic: str, vocab: list[str], ledger: Ledger) -> None:
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    """Produces clicks and junk, recording each acked one in the ledger by (partition, offset).
+
+    With ``strict`` a delivery error fails the caller at once (tests); without it the error is
+    recorded in ``ledger.failed`` (the chaos benchmark counts only acked clicks).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        vocab: list[str],
+        ledger: Ledger,
+        strict: bool = True,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, **(config or {})})
         self.topic = topic
         self.vocab = vocab
         self.ledger = ledger
+        self.strict = strict
 
     def _send(self, key: bytes | None, value: bytes | None, on_done: Callable) -> None:
         def report(err: Any, msg: Any) -> None:
-            assert err is None, err
+            if err is not None:
+                assert not self.strict, err
+                self.ledger.failed.append(str(err))
+                return
             on_done((msg.partition(), msg.offset()))
 
         self.producer.produce(self.topic, value, key, on_delivery=report)
@@ -119,8 +147,11 @@ class ClickProducer:
     def junk(self, key: bytes | None, value: bytes | None) -> None:
         self._send(key, value, lambda tp: self.ledger.junk.__setitem__(tp, value))
 
-    def flush(self) -> None:
-        assert self.producer.flush(30) == 0
+    def flush(self, timeout: float = 30) -> int:
+        """Wait for the acks; returns how many messages are still unacked (0 when strict)."""
+        left = int(self.producer.flush(timeout))
+        assert left == 0 or not self.strict, f"{left} messages not acked in {timeout}s"
+        return left
 
 
 class TopicReader:
@@ -128,7 +159,13 @@ class TopicReader:
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False}
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "test-reader",
+                "enable.auto.commit": False,
+                # if a restarted broker answers "out of range", read again rather than skip
+                "auto.offset.reset": "earliest",
+            }
         )
         parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.consumer.assign([TopicPartition(topic, p, 0) for p in parts])
@@ -139,12 +176,60 @@ class TopicReader:
         while not done():
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-            for msg in self.consumer.consume(1000, POLL_S):
-                if msg.error() is None:
-                    self.messages.append(msg)
+            self.poll()
+
+    def poll(self, timeout: float = POLL_S) -> list[Any]:
+        """Read what arrived within ``timeout``; returns (and keeps) the new messages."""
+        new = [msg for msg in self.consumer.consume(1000, timeout) if msg.error() is None]
+        self.messages += new
+        return new
 
     def close(self) -> None:
         self.consumer.close()
+
+
+def read_log(
+    bootstrap: str, topic: str, timeout: float
+) -> tuple[dict[tuple[int, int], bytes | None], int]:
+    """Every record the broker still holds in ``topic``, by (partition, offset), and how many
+    offsets below the high watermarks hold none (holes: records the broker lost).
+
+    Reads to the end of each partition (librdkafka's partition EOF), or for at most ``timeout``
+    seconds: a log whose high watermark lies past its last record never reports an EOF.
+    Compaction and transaction markers also leave holes; the worker's topics have neither
+    within a benchmark run.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "log-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in parts])
+    out: dict[tuple[int, int], bytes | None] = {}
+    open_parts = set(parts)
+    deadline = time.monotonic() + timeout
+    try:
+        while open_parts and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, POLL_S):
+                err, partition, offset = msg.error(), msg.partition(), msg.offset()
+                assert partition is not None and offset is not None
+                if err is None:
+                    out[(partition, offset)] = msg.value()
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    open_parts.discard(partition)
+        holes = 0
+        for p in parts:
+            # the high watermark of the last Fetch (ListOffsets under-reports it on Tansu)
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+            held = sum(1 for partition, _ in out if partition == p)
+            holes += max(0, high - max(low, 0) - held) if high >= 0 else 0
+    finally:
+        consumer.close()
+    return out, holes
 
 
 def offline_top_k(model: GlintRU, history: list[int], k: int) -> tuple[list[int], list[float]]:
@@ -164,6 +249,20 @@ def latest_records(messages: Iterable[Any]) -> dict[str, UserRecord]:
     for msg in messages:
         if not msg.key().startswith(b"\x00"):
             out[msg.key().decode()] = UserRecord.decode(msg.value())
+    return out
+
+
+def stored_records(
+    users_dir: Path, partitions: int, options: StoreOptions = SMALL_STORE
+) -> dict[str, UserRecord]:
+    """Every user record in a stopped worker's RocksDB (`<state_dir>/<worker_id>/users`)."""
+    store = StateStore(users_dir, options)
+    out: dict[str, UserRecord] = {}
+    try:
+        for partition in range(partitions):
+            out.update(store.partition(partition).records())
+    finally:
+        store.close()
     return out
 
 
