@@ -30,22 +30,11 @@ CONSUME_WAIT_S = 0.1
 def run_faust(settings: Settings, source: str, sink: str, group: str) -> None:
     import faust
 
+    from stream.app import faust_app
+
     datadir = settings.state_dir / group  # faust creates only the last level
     datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        group,
-        broker=settings.faust_broker_url(),
-        broker_credentials=settings.faust_credentials(),
-        processing_guarantee="at_least_once",
-        broker_session_timeout=settings.worker_session_timeout_s,
-        broker_heartbeat_interval=1.0,
-        broker_commit_interval=settings.worker_commit_interval_s,
-        topic_partitions=settings.partitions,
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        web_enabled=False,
-        datadir=str(datadir),
-    )
+    app = faust_app(settings, group, datadir)
     raw: dict[str, Any] = {  # bytes in, the same bytes out: no codec anywhere
         "key_type": bytes,
         "value_type": bytes,

@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -69,9 +70,11 @@ def build_processor(settings: Settings) -> ClickProcessor:
     )
 
 
-def create_app(settings: Settings, processor: ClickProcessor) -> faust.App:
-    app = faust.App(
-        settings.worker_app_id,
+def faust_app(settings: Settings, app_id: str, datadir: Path) -> faust.App:
+    """A faust app with the engine settings this broker needs (the pass-through floor of the
+    benchmark uses the same, so the comparison is engine against engine)."""
+    return faust.App(
+        app_id,
         broker=settings.faust_broker_url(),
         broker_credentials=settings.faust_credentials(),
         processing_guarantee="at_least_once",
@@ -82,8 +85,14 @@ def create_app(settings: Settings, processor: ClickProcessor) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         web_enabled=False,
-        # faust keeps nothing there (no tables), but two workers must never share a datadir
-        datadir=str(settings.state_dir / settings.worker_id / "faust"),
+        datadir=str(datadir),
+    )
+
+
+def create_app(settings: Settings, processor: ClickProcessor) -> faust.App:
+    # faust keeps nothing in its datadir (no tables), but two workers must never share one
+    app = faust_app(
+        settings, settings.worker_app_id, settings.state_dir / settings.worker_id / "faust"
     )
     clicks = app.topic(
         settings.topic_clicks,
