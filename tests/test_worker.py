@@ -124,9 +124,14 @@ class Scenario:
             user, t = self.ledger.clicks[tp]
             assert out["user_id"] == user and msg.key() == user.encode()
             assert out["click"]["topic"] == self.topics["clicks"]
-            content = (out["items"], out["scores"], out["model_version"])
-            # idempotent: a click applied again after a crash republishes the same content
-            assert seen.setdefault(tp, content) == content, f"click {tp} changed on republish"
+            # idempotent: a click applied again after a crash republishes the same items and
+            # version; scores only to float tolerance, since a batch of another composition may
+            # take another BLAS path and round the last bits differently
+            first = seen.setdefault(tp, (out["items"], out["scores"], out["model_version"]))
+            assert (first[0], first[2]) == (out["items"], out["model_version"]), (
+                f"click {tp} changed on republish"
+            )
+            np.testing.assert_allclose(out["scores"], first[1], atol=SCORE_TOL)
         new = self.recs.messages[self.checked :]
         for msg in new:
             out = json.loads(msg.value())
