@@ -59,6 +59,12 @@ REJECTED = Counter(
 RECOMMENDATIONS = Counter(
     "glintstream_recommendations_total", "Recommendations published.", registry=_W
 )
+DELIVERY_FAILURES = Counter(
+    "glintstream_delivery_failures_total",
+    "Micro-batches whose outputs the broker did not acknowledge; each is retried with a new "
+    "producer (worker_delivery_attempts) before the worker gives up and exits.",
+    registry=_W,
+)
 GAPS = Counter(
     "glintstream_offset_gaps_total",
     "Times a clicks partition skipped offsets and the worker seeked back to re-read them.",

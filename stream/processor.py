@@ -30,7 +30,7 @@ from enum import Enum
 from stream import metrics
 from stream.changelog import ChangelogReader
 from stream.clicks import UNKNOWN_ITEM, Click, Rejection, parse_click
-from stream.publisher import Publisher
+from stream.publisher import DeliveryError, Publisher
 from stream.scoring import ModelSource, Scorer
 from stream.settings import Settings
 from stream.state import APPLIED_KEY, StateStore, UserRecord
@@ -199,9 +199,37 @@ class ClickProcessor:
         metrics.BATCH_CLICKS.observe(len(batch))
         admitted, seeks = self._admit(batch, assigned)
         if admitted:
-            self._apply(admitted)
+            self._apply_with_retries(admitted)
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
         return seeks
+
+    def _apply_with_retries(self, admitted: list[RawClick]) -> None:
+        """Apply; if the broker does not ack the outputs, retry with a new producer.
+
+        Safe because nothing local changes before every output is acked: a retry reads the
+        same stored states and republishes the same content (consumers may see it twice).
+        """
+        attempts = self.settings.worker_delivery_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                self._apply(admitted)
+                return
+            except DeliveryError as e:
+                metrics.DELIVERY_FAILURES.inc()
+                if attempt == attempts:
+                    raise
+                backoff = min(2.0 ** (attempt - 1), self.settings.worker_delivery_backoff_max_s)
+                log.warning(
+                    "batch of %d clicks not delivered (attempt %d of %d): %s; retrying in %.0fs "
+                    "with a new producer",
+                    len(admitted),
+                    attempt,
+                    attempts,
+                    e,
+                    backoff,
+                )
+                time.sleep(backoff)
+                self.publisher.reset()
 
     def _apply(self, admitted: list[RawClick]) -> None:
         valid: list[_Valid] = []

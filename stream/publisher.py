@@ -3,15 +3,22 @@
 faust's own (aiokafka) producer costs tens of microseconds of event-loop time per message;
 librdkafka batches in C on its own threads, and ``wait`` can block the executor thread (never
 the event loop) until every message of a batch is acknowledged by the broker (acks=all).
+
+An idempotent producer that hits a fatal error (e.g. the broker forgot its sequence numbers
+after a restart: OUT_OF_ORDER_SEQUENCE_NUMBER) can never send again; ``reset`` replaces it, so
+the caller can retry the batch in the same process.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from stream.settings import Settings
+
+log = logging.getLogger(__name__)
 
 LINGER_MS = 2  # a batch is produced in one go: a short linger is enough to fill requests
 POLL_S = 0.05  # how long to serve delivery callbacks while the local queue is full
@@ -23,18 +30,28 @@ class DeliveryError(RuntimeError):
 
 class Publisher:
     def __init__(self, settings: Settings) -> None:
-        self._producer = Producer(
-            {
-                **settings.confluent_config(),
-                "acks": "all",
-                # no duplicates from librdkafka's own retries (works on Tansu, unlike aiokafka's)
-                "enable.idempotence": True,
-                "linger.ms": LINGER_MS,
-            }
-        )
+        self._config = {
+            **settings.confluent_config(),
+            "acks": "all",
+            # no duplicates from librdkafka's own retries (works on Tansu, unlike aiokafka's)
+            "enable.idempotence": True,
+            "linger.ms": LINGER_MS,
+        }
+        self._producer = Producer(self._config)
         self._timeout_s = settings.worker_delivery_timeout_s
         self._errors: list[KafkaError] = []
         self._last_offset: dict[tuple[str, int], int] = {}
+
+    def reset(self) -> None:
+        """Drop everything unacknowledged and start over with a new producer."""
+        old = self._producer
+        self._producer = Producer(self._config)
+        self._errors, self._last_offset = [], {}
+        try:
+            old.purge()
+            old.flush(0)  # serves the purge's callbacks, which go to the discarded lists above
+        except Exception:  # a producer in a fatal state may refuse even this: it is dropped
+            log.debug("purging the old producer failed", exc_info=True)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -60,13 +77,20 @@ class Publisher:
                 return
             except BufferError:  # local queue full: let deliveries drain it
                 self._producer.poll(POLL_S)
+            except (KafkaException, SystemError) as e:
+                # a producer in a fatal state refuses every message; confluent-kafka 2.x has
+                # been seen to raise a SystemError instead of the KafkaException here
+                raise DeliveryError(f"the producer refused a message: {e!r}") from e
 
     def wait(self) -> dict[tuple[str, int], int]:
         """Block until everything sent is acknowledged; the last offset per (topic, partition).
 
         Raises ``DeliveryError`` if anything failed or timed out.
         """
-        remaining = self._producer.flush(self._timeout_s)
+        try:
+            remaining = self._producer.flush(self._timeout_s)
+        except (KafkaException, SystemError) as e:
+            raise DeliveryError(f"flush failed: {e!r}") from e
         errors, self._errors = self._errors, []
         offsets, self._last_offset = self._last_offset, {}
         if remaining:

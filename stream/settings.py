@@ -96,7 +96,11 @@ class Settings(BaseSettings):
     # Tansu holds a JoinGroup for half of this; faust's 60 s default means 30 s rebalances.
     worker_session_timeout_s: float = 8.0
     worker_commit_interval_s: float = 1.0  # bounds the re-read (never re-applied) after a crash
-    worker_delivery_timeout_s: float = 30.0  # outputs not acked by then crash the worker
+    worker_delivery_timeout_s: float = 30.0  # per attempt to get a batch's outputs acked
+    # A batch whose outputs fail (broker down or restarted) is retried with a new producer this
+    # many times, backing off 1, 2, 4... s up to the max; then the worker exits for a restart.
+    worker_delivery_attempts: int = 8
+    worker_delivery_backoff_max_s: float = 30.0
     worker_restore_timeout_s: float = 120.0  # changelog catch-up after one rebalance
     # RocksDB memory: one block cache shared by all partition DBs + small memtables per DB
     # (faust's default would be a 2 GiB block cache per partition).
