@@ -41,11 +41,12 @@ from bench.harness import WorkerProcess, worker_env
 from bench.passthrough import FIRST_INPUT_MARK
 from bench.prequential import METRICS, Heldout, offline_metrics, online_metrics
 from bench.procstat import cpu_seconds, peak_rss_bytes
+from bench.scrape import histogram_totals
 from model.baselines import SASRec, SASRecConfig
 from model.checkpoint import load_checkpoint, read_manifest, save_checkpoint
 from model.data import SequenceData, load_dataset
 from model.recommender import SequentialRecommender
-from stream.broker import Broker, ensure_topics
+from stream.broker import Broker, ensure_topics, free_port, poll_batch
 from stream.produce import Pacer, click_order, iter_clicks, producer_config
 from stream.settings import Settings, load_settings
 
@@ -113,14 +114,41 @@ class Throughput:
         return self.clicks / self.seconds
 
 
+# The worker's own histograms whose means split the latency into its parts (stream.metrics).
+BREAKDOWN_HISTOGRAMS = (
+    "glintstream_click_to_publish_seconds",  # Kafka timestamp of the click -> output acked
+    "glintstream_read_to_publish_seconds",  # worker received the click -> output acked
+    "glintstream_batch_clicks",
+    "glintstream_batch_seconds",
+    "glintstream_model_step_score_seconds",
+)
+
+
 @dataclass(frozen=True)
 class Latency:
     offered: float  # clicks/s asked of the producer
     achieved: float  # clicks/s it managed
     ms: np.ndarray  # one latency per click
+    # means over the phase from the worker's histograms (sum/count deltas), by metric name
+    worker_means: dict[str, float] = field(default_factory=dict)
 
     def quantile(self, q: float) -> float:
         return float(np.percentile(self.ms, q))
+
+    def breakdown(self) -> str:
+        """Mean ms: produce -> worker receipt, receipt -> acked, acked -> reader; batch size."""
+        m = self.worker_means
+        if not all(name in m for name in BREAKDOWN_HISTOGRAMS):
+            return "n/a"
+        to_publish = 1000 * m["glintstream_click_to_publish_seconds"]
+        in_worker = 1000 * m["glintstream_read_to_publish_seconds"]
+        return (
+            f"{to_publish - in_worker:.1f} / {in_worker:.1f} / "
+            f"{float(np.mean(self.ms)) - to_publish:.1f}; "
+            f"{m['glintstream_batch_clicks']:.0f} clicks, "
+            f"{1000 * m['glintstream_batch_seconds']:.1f} ms "
+            f"(model {1000 * m['glintstream_model_step_score_seconds']:.1f})"
+        )
 
 
 @dataclass(frozen=True)
@@ -164,6 +192,14 @@ class StreamBenchResult:
                     f"latency p50 / p95 / p99 at {lat.offered:,.0f} clicks/s (ms; achieved {lat.achieved:,.0f}/s)",
                     quantiles,
                     target,
+                )
+            )
+            rows.append(
+                (
+                    f"at {lat.offered:,.0f} clicks/s, mean ms: to the worker / in the worker "
+                    "/ to the reader; mean batch (its model part)",
+                    lat.breakdown(),
+                    "",
                 )
             )
         rows += [
@@ -212,6 +248,18 @@ class StreamBenchResult:
         lines = ["| metric | value | target |", "|---|---:|---|"]
         lines += [f"| {m} | {v} | {t} |" for m, v, t in self.rows()]
         return "\n".join(lines)
+
+
+def _means(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, float]:
+    """Each histogram's mean over the observations between two scrapes."""
+    means = {}
+    for name, (total, count) in after.items():
+        total0, count0 = before.get(name, (0.0, 0.0))
+        if count > count0:
+            means[name] = (total - total0) / (count - count0)
+    return means
 
 
 def _judge(met: bool, target: str) -> str:
@@ -296,7 +344,8 @@ class OutputReader(threading.Thread):
         parts = self.consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
         self.consumer.assign([TopicPartition(self.topic, p, 0) for p in parts])
         while not self._stopping.is_set():
-            messages = self.consumer.consume(CONSUME_MAX, CONSUME_WAIT_S)
+            # not consume(n, t): it waits for n messages or all of t, which would count as latency
+            messages = poll_batch(self.consumer, CONSUME_MAX, CONSUME_WAIT_S)
             now = time.monotonic()
             for msg in messages:
                 value = msg.value()
@@ -325,6 +374,12 @@ class System:
 
     proc: WorkerProcess
     reader: OutputReader
+    metrics_port: int = 0  # the worker's Prometheus endpoint; 0 = not served
+
+    def histogram_totals(self) -> dict[str, tuple[float, float]]:
+        if not self.metrics_port:
+            return {}
+        return histogram_totals(f"http://127.0.0.1:{self.metrics_port}/metrics")
 
     def wait(self, count: int) -> Throughput:
         """Wait until ``count`` outputs arrived; throughput and CPU from the first one on."""
@@ -430,12 +485,15 @@ class StreamBench:
         }
         return WorkerProcess(worker_env(**values), name, self.work, command).start()
 
-    def _worker(self, name: str, checkpoint: Path, mode: str = "step") -> System:
+    def _worker(
+        self, name: str, checkpoint: Path, mode: str = "step", metrics: bool = False
+    ) -> System:
         topic = f"recs-{name}"
         ensure_topics(self.settings, [topic], self.config.partitions)
         reader = OutputReader(self.settings, topic, parse=True)
         reader.start()
         settings = {f"GLINTSTREAM_{k.upper()}": v for k, v in self.config.worker_settings.items()}
+        metrics_port = free_port() if metrics else 0
         proc = self._start(
             name,
             **settings,
@@ -445,8 +503,9 @@ class StreamBench:
             GLINTSTREAM_TOPIC_RECOMMENDATIONS=topic,
             GLINTSTREAM_TOPIC_DLQ=f"dlq-{name}",
             GLINTSTREAM_TOPIC_STATE_CHANGELOG=f"state-{name}",
+            GLINTSTREAM_METRICS_PORT=metrics_port,
         )
-        system = System(proc, reader)
+        system = System(proc, reader, metrics_port)
         self.systems.append(system)
         return system
 
@@ -468,16 +527,19 @@ class StreamBench:
 
     def _main_worker(self, head: int) -> None:
         config = self.config
-        system = self._worker("step", config.checkpoint)
+        system = self._worker("step", config.checkpoint, metrics=True)
         try:
             self.result.throughput["worker"] = system.wait(head)
             log.info("worker: %.0f clicks/s", self.result.throughput["worker"].rate)
             for rate in config.rates:
+                before = system.histogram_totals()
                 sent = time.monotonic()
                 chosen = self.replay.produce(round(rate * config.rate_seconds), rate)
                 achieved = len(chosen) / (time.monotonic() - sent)
                 system.wait(chosen.stop)
-                self.result.latency.append(Latency(rate, achieved, self._latencies(system, chosen)))
+                means = _means(before, system.histogram_totals())
+                latencies = self._latencies(system, chosen)
+                self.result.latency.append(Latency(rate, achieved, latencies, means))
                 log.info(
                     "latency at %.0f/s: p99 %.1f ms", rate, self.result.latency[-1].quantile(99)
                 )

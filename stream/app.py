@@ -27,6 +27,7 @@ import torch
 from faust.types import TP
 
 from stream import metrics
+from stream.batcher import MicroBatcher
 from stream.changelog import ChangelogReader, ensure_worker_topics
 from stream.metrics import serve_metrics
 from stream.processor import ClickProcessor, RawClick
@@ -133,45 +134,73 @@ def create_app(settings: Settings, processor: ClickProcessor) -> faust.App:
 
     @app.agent(clicks)
     async def process_clicks(stream: faust.StreamT) -> None:
-        within = settings.batch_max_ms / 1000
+        # The consumer loop below fills the next batch while this task runs the current one.
+        batcher: MicroBatcher[RawClick] = MicroBatcher(
+            settings.batch_max_size, settings.batch_max_ms / 1000
+        )
+        batches = asyncio.ensure_future(_run_batches(app, settings, processor, executor, batcher))
+        batches.add_done_callback(_exit_if_crashed)
         try:
-            async for events in stream.take_events(settings.batch_max_size, within):
-                now = time.monotonic()  # if faust's monitor did not stamp a message's arrival
-                batch = [
+            # faust acks (and commits) each event once the loop moves past it, possibly before
+            # it is applied: harmless, since every start seeks to the applied offsets instead
+            async for event in stream.events():
+                message = event.message
+                await batcher.put(
                     RawClick(
-                        e.message.partition,
-                        e.message.offset,
-                        e.message.key,
-                        e.message.value,
-                        e.message.timestamp,
+                        message.partition,
+                        message.offset,
+                        message.key,
+                        message.value,
+                        message.timestamp,
                         # set by faust's monitor (time.monotonic) when the consumer delivered it
-                        e.message.time_in or now,
+                        message.time_in or time.monotonic(),
                     )
-                    for e in events
-                ]
-                assigned = {
-                    tp.partition
-                    for tp in app.consumer.assignment()
-                    if tp.topic == settings.topic_clicks
-                }
-                job = executor.submit(processor.process, batch, assigned)
-                try:
-                    seeks = await asyncio.wrap_future(job)
-                except asyncio.CancelledError:
-                    # Shutting down: let the batch finish, so its clicks (acked by faust on the
-                    # way out) are really applied; the wait is bounded by the delivery timeout.
-                    job.result()
-                    raise
-                for partition, offset in seeks.items():
-                    await app.consumer.seek(TP(settings.topic_clicks, partition), offset)
+                )
         except asyncio.CancelledError:
+            batches.cancel()
+            # let the batch in flight finish, so what faust committed on the way out is applied
+            await asyncio.gather(batches, return_exceptions=True)
             raise
         except BaseException:
-            log.critical("the click agent crashed; exiting for a restart", exc_info=True)
-            logging.shutdown()
-            os._exit(EXIT_AGENT_CRASHED)
+            _crash()
 
     return app
+
+
+async def _run_batches(
+    app: faust.App,
+    settings: Settings,
+    processor: ClickProcessor,
+    executor: ThreadPoolExecutor,
+    batcher: MicroBatcher[RawClick],
+) -> None:
+    """Apply batches one after another on the batch thread, as soon as each is ready."""
+    while True:
+        batch = await batcher.get()
+        assigned = {
+            tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_clicks
+        }
+        job = executor.submit(processor.process, batch, assigned)
+        try:
+            seeks = await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            # Shutting down: let the batch finish, so its clicks are really applied; the wait
+            # is bounded by the delivery timeout.
+            job.result()
+            raise
+        for partition, offset in seeks.items():
+            await app.consumer.seek(TP(settings.topic_clicks, partition), offset)
+
+
+def _exit_if_crashed(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _crash(task.exception())
+
+
+def _crash(error: BaseException | None = None) -> None:
+    log.critical("the click agent crashed; exiting for a restart", exc_info=error or True)
+    logging.shutdown()
+    os._exit(EXIT_AGENT_CRASHED)
 
 
 def _update_lag(app: faust.App, topic: str, processor: ClickProcessor, lagging: set[int]) -> None:

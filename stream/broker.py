@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.settings import Settings
@@ -175,6 +175,18 @@ def ensure_topics(
             if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
             log.debug("topic %s already exists", name)
+
+
+def poll_batch(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
+    """Up to ``max_messages`` as soon as one is there, or [] after ``timeout`` seconds.
+
+    confluent-kafka's ``consume(n, timeout)`` returns only when it has n messages or the whole
+    timeout is over: a reader of a slow stream would wait the timeout on every call.
+    """
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
 
 
 class _Stop(Exception):

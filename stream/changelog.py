@@ -19,7 +19,7 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream.broker import ensure_topics
+from stream.broker import ensure_topics, poll_batch
 from stream.settings import Settings
 from stream.state import APPLIED_KEY, PartitionStore
 
@@ -150,7 +150,7 @@ class ChangelogReader:
                         f"changelog {self.topic} partitions {sorted(open_partitions)} not read "
                         f"to their end in {self._timeout_s}s"
                     )
-                for msg in consumer.consume(RESTORE_CHUNK, POLL_S):
+                for msg in poll_batch(consumer, RESTORE_CHUNK, POLL_S):
                     p, err = msg.partition(), msg.error()
                     if err is None:
                         pending[p][msg.key()] = msg.value()

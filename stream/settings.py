@@ -82,7 +82,9 @@ class Settings(BaseSettings):
     worker_id: str = "w1"  # names this worker's state directory: <state_dir>/<worker_id>
     topic_state_changelog: str = "glintstream-user-state"  # compacted, partitioned like clicks
     batch_max_size: int = 256  # clicks per micro-batch ...
-    batch_max_ms: int = 20  # ... or this long, whichever comes first
+    # after the first click, wait up to this long for a full batch; 0: a batch starts as soon
+    # as the previous one is done, with every click that arrived meanwhile (stream/batcher.py)
+    batch_max_ms: int = 0
     top_k: int = 10
     mask_seen: bool = True  # never recommend an item that is in the user's ring buffer
     # step: one O(1) GLINT-RU step per click; recompute: the full forward over the window per

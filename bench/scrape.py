@@ -1,0 +1,27 @@
+"""Read histogram totals from a Prometheus text endpoint (the worker's own metrics)."""
+
+from __future__ import annotations
+
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+SCRAPE_TIMEOUT_S = 5.0
+
+
+def histogram_totals(url: str) -> dict[str, tuple[float, float]]:
+    """{histogram name: (sum, count)} over all label sets, from one scrape of ``url``."""
+    with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
+        text = response.read().decode()
+    totals: dict[str, tuple[float, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.type != "histogram":
+            continue
+        total = count = 0.0
+        for sample in family.samples:
+            if sample.name == f"{family.name}_sum":
+                total += sample.value
+            elif sample.name == f"{family.name}_count":
+                count += sample.value
+        totals[family.name] = (total, count)
+    return totals
