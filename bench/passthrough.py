@@ -1,13 +1,13 @@
 """The floors of `glintstream bench stream`: copy every message of one topic to another.
 
 * ``faust``: a faust agent with the worker's consumption path (same app settings, the same
-  ``take_events`` micro-batches) that sends each message on, with no parsing, state or model:
-  what the stream engine alone costs.
+  per-event iteration as the worker's consumer loop) that sends each message on with faust's
+  producer, with no parsing, batching, state or model: what the stream engine alone costs.
 * ``raw``: a confluent-kafka consume + produce loop (assigned partitions, no group): what the
   broker and client library alone cost.
 
 Run as ``python -m bench.passthrough {faust,raw} --source T --sink T --group G``; the broker
-and the batch settings come from the environment, as for the worker. Stops on SIGTERM.
+settings come from the environment, as for the worker. Stops on SIGTERM.
 """
 
 from __future__ import annotations
@@ -45,10 +45,8 @@ def run_faust(settings: Settings, source: str, sink: str, group: str) -> None:
 
     @app.agent(source_topic)
     async def passthrough(stream: faust.StreamT) -> None:
-        within = settings.batch_max_ms / 1000
-        async for events in stream.take_events(settings.batch_max_size, within):
-            for event in events:
-                await sink_topic.send(key=event.message.key, value=event.message.value)
+        async for event in stream.events():
+            await sink_topic.send(key=event.message.key, value=event.message.value)
 
     faust.Worker(app, loglevel="info", redirect_stdouts=False).execute_from_commandline()
 
