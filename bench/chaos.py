@@ -330,6 +330,10 @@ def targets_met(results: list[CaseResult]) -> bool:
     return all(r.passed for r in results)
 
 
+def worker_targets_met(results: list[CaseResult]) -> bool:
+    return all(r.worker_passed for r in results)
+
+
 if __name__ == "__main__":
     from bench.cli import chaos
 

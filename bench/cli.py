@@ -115,7 +115,7 @@ def chaos(
     work_dir: Path | None,
 ) -> None:
     """Reliability: kill -9, junk, broker restart, 1->2->1 workers vs a clean run (bench/chaos.py)."""
-    from bench.chaos import ChaosConfig, run_chaos, table, targets_met
+    from bench.chaos import ChaosConfig, run_chaos, table, targets_met, worker_targets_met
 
     config = ChaosConfig(
         dataset=dataset,
@@ -134,6 +134,12 @@ def chaos(
     click.echo(
         f"targets (0 lost, 0 doubly applied, 0 crashes, all junk dead-lettered): {'met' if met else 'NOT met'}"
     )
+    if not met:
+        worker_met = worker_targets_met(results)
+        click.echo(
+            "the worker's share (nothing the broker still holds lost, applied twice or "
+            f"unserved; no crash; junk dead-lettered): {'met' if worker_met else 'NOT met'}"
+        )
     raise SystemExit(0 if met else 1)
 
 

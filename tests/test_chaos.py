@@ -55,10 +55,12 @@ def test_no_click_lost_or_doubly_applied_and_no_crash(
     r = results[case]
     assert r.clicks > 0 and r.double == 0, table([r])
     broker_fault = r.broker_lost or r.changelog_holes or r.unacked
-    if case == "(c)" and (broker_fault or r.crashes or r.timed_out):
+    if case == "(c)" and (broker_fault or r.timed_out):
         # Tansu's s3:// engine sometimes drops an acked batch or the idempotent producers'
-        # sequence state in a restart (README, Durability): the worker then crashes on the fatal
-        # produce error, or waits for a click that is gone. Reported, not failed.
+        # sequence state in a restart (README, Durability). The worker's share must still hold:
+        # it retries with a new producer instead of crashing, and serves every click the broker
+        # kept; the benchmark then waits in vain for the clicks that are gone.
+        assert (r.lost, r.no_rec, r.crashes) == (0, 0, 0), table([r])
         pytest.xfail(f"the broker lost data or producer state in its restart:\n{table([r])}")
     assert (r.lost, r.no_rec, r.broker_lost, r.unacked) == (0, 0, 0, 0), table([r])
     assert r.changelog_holes == 0, table([r])
