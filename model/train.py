@@ -266,11 +266,35 @@ def train(config: TrainConfig, data: SequenceData | None = None) -> dict:
 
     history: list[dict] = []
     started = time.monotonic()
+
+    def save(weights: SequentialRecommender, metrics: dict) -> None:
+        save_checkpoint(
+            config.out_dir,
+            weights,
+            kind=kind,
+            config=model_config,
+            vocab=data.vocab,
+            dataset=data.name,
+            metrics=metrics,
+            extra={
+                "train_config": {
+                    k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()
+                }
+            },
+        )
+
+    def save_best_so_far(epoch: int) -> None:
+        # a run killed before the end keeps its best epoch (valid figures only; `glintstream
+        # evaluate` adds the test ones)
+        save(model, {"best_epoch": epoch, "interrupted_at_best": True, "history": history})
+
     if isinstance(model, Popularity):
         model.fit(counts)
         best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
     else:
-        best_state, best_epoch = _fit(model, split, counts, config, rng, history, started)
+        best_state, best_epoch = _fit(
+            model, split, counts, config, rng, history, started, save_best_so_far
+        )
     model.load_state_dict(best_state)
     valid = evaluate_split(model, split.valid_inputs, split.valid_targets, counts, config)
     test = evaluate_split(model, split.test_inputs, split.test_targets, counts, config)
@@ -281,20 +305,7 @@ def train(config: TrainConfig, data: SequenceData | None = None) -> dict:
         "train_seconds": round(time.monotonic() - started, 1),
         "history": history,
     }
-    save_checkpoint(
-        config.out_dir,
-        model,
-        kind=kind,
-        config=model_config,
-        vocab=data.vocab,
-        dataset=data.name,
-        metrics=metrics,
-        extra={
-            "train_config": {
-                k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()
-            }
-        },
-    )
+    save(model, metrics)
     log.info("test full_masked %s", test["full_masked"])
     return metrics
 
@@ -307,6 +318,7 @@ def _fit(
     rng: np.random.Generator,
     history: list[dict],
     started: float,
+    on_best: Callable[[int], None],
 ) -> tuple[dict[str, Tensor], int]:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     rows = windows(split.train, config.window)
@@ -355,6 +367,7 @@ def _fit(
         if ndcg > best_ndcg:
             best_ndcg, best_epoch, waited = ndcg, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
+            on_best(epoch)
         else:
             waited += 1
             if waited >= config.patience:
