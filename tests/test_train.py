@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -141,3 +145,27 @@ def test_training_continues_from_a_checkpoint(tmp_path: Path):
             replace(base, out_dir=tmp_path / "c", hidden_size=8, init_from=tmp_path / "a"),
             data=data,
         )
+
+
+def test_a_killed_training_keeps_its_best_epoch(tmp_path: Path):
+    """The best-so-far checkpoint is on disk from the first epoch on, not only at the end."""
+    out = tmp_path / "run"
+    glintstream = Path(sys.executable).parent / "glintstream"  # the installed console script
+    command = [str(glintstream), "train", "--dataset", "synthetic"]
+    command += ["--out", str(out), "--epochs", "1000", "--threads", "1", "--no-progress"]
+    command += ["--max-len", "12", "--hidden-size", "16", "--patience", "1000"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "manifest.json").exists():
+            assert proc.poll() is None, "training exited before saving anything"
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.2)
+        time.sleep(0.5)  # let the write complete (the manifest is renamed into place last)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["metrics"]["interrupted_at_best"] is True
+    assert manifest["metrics"]["best_epoch"] >= 1
+    assert (out / "model.safetensors").stat().st_size > 0
