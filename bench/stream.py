@@ -519,11 +519,7 @@ class StreamBench:
             command += ["--source", CLICKS_TOPIC, "--sink", sink, "--group", f"bench-{engine}"]
             system = System(self._start(f"floor-{engine}", command), reader)
             self.systems.append(system)
-            try:
-                self.result.throughput[engine] = system.wait(count)
-            finally:
-                system.stop()
-            log.info("%s floor: %.0f clicks/s", engine, self.result.throughput[engine].rate)
+            self._measure(f"{engine} floor", engine, system, count)
 
     def _main_worker(self, head: int) -> None:
         config = self.config
@@ -557,12 +553,15 @@ class StreamBench:
         count = min(self.config.recompute_clicks, self.config.throughput_clicks)
         sasrec = self.config.sasrec_checkpoint or self._random_sasrec()
         for name, checkpoint in (("recompute", self.config.checkpoint), ("sasrec", sasrec)):
-            system = self._worker(name, checkpoint, mode="recompute")
-            try:
-                self.result.throughput[name] = system.wait(count)
-            finally:
-                system.stop()
-            log.info("%s: %.0f clicks/s", name, self.result.throughput[name].rate)
+            self._measure(name, name, self._worker(name, checkpoint, mode="recompute"), count)
+
+    def _measure(self, label: str, key: str, system: System, count: int) -> None:
+        """Throughput of ``system`` over its first ``count`` outputs, then stop it."""
+        try:
+            self.result.throughput[key] = system.wait(count)
+        finally:
+            system.stop()
+        log.info("%s: %.0f clicks/s", label, self.result.throughput[key].rate)
 
     def _faithful(self, head: int) -> None:
         checkpoint = self.config.faithful_checkpoint

@@ -36,9 +36,6 @@ class MicroBatcher(Generic[T]):
         self._space = asyncio.Event()
         self._space.set()
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     async def put(self, item: T) -> None:
         while len(self._items) >= self.max_size:  # back-pressure on the consumer loop
             await self._space.wait()

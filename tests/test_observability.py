@@ -14,7 +14,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -32,6 +31,7 @@ from test_worker import make_checkpoint
 
 from bench.harness import ClickProducer, Ledger, WorkerProcess, worker_env
 from stream import finetune, metrics
+from stream.broker import free_port
 from stream.settings import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -203,12 +203,6 @@ def test_finetune_streak_counts_rejections_in_a_row() -> None:
 
 
 # ------------------------------------------------------------------ a real scrape
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http_get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S) as response:
         return response.read()
