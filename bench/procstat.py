@@ -1,4 +1,5 @@
-"""CPU time and peak memory of a running process, read from /proc (Linux; psutil not needed)."""
+"""CPU time and peak memory of a running process and its children, read from /proc (Linux;
+psutil not needed). The worker is two processes (its batch process is a child): both count."""
 
 from __future__ import annotations
 
@@ -6,21 +7,55 @@ import os
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-# In /proc/<pid>/stat, utime and stime are fields 14 and 15. The command name (field 2) may hold
-# spaces, so count from the ")" that closes it: field 3 is the first after it.
-_UTIME = 14 - 3
+# In /proc/<pid>/stat, the parent pid, utime and stime are fields 4, 14 and 15. The command name
+# (field 2) may hold spaces, so count from the ")" that closes it: field 3 is the first after it.
+_PPID, _UTIME = 4 - 3, 14 - 3
+
+
+def _stat(pid: int) -> list[str]:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(int(_stat(int(entry.name))[_PPID]), []).append(int(entry.name))
+            except (OSError, IndexError, ValueError):  # exited while we looked
+                continue
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of the process so far, all its threads included."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[_UTIME]) + int(fields[_UTIME + 1])) / CLOCK_TICKS
+    """User + system CPU seconds so far of the process and its live descendants, all threads."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = _stat(member)
+        except OSError:
+            continue
+        total += int(fields[_UTIME]) + int(fields[_UTIME + 1])
+    return total / CLOCK_TICKS
 
 
 def peak_rss_bytes(pid: int) -> int:
-    """Peak resident set size of the process (VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024  # reported in kB
-    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+    """Sum of the peak resident set sizes (VmHWM) of the process and its live descendants: an
+    upper bound on their peak together."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) * 1024  # reported in kB
+    return total

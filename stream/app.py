@@ -4,7 +4,8 @@ faust does what it is good at here: group membership, fetching, offset commits, 
 lifecycle and signals. It keeps no state: per-user state is ours (``stream.state`` +
 ``stream.changelog``), because the batch needs its own write order (outputs acked before state
 is written), records smaller than the local ones, and offsets we can trust on this broker (see
-README "Worker" for why not a faust Table).
+README "Worker" for why not a faust Table). The batches run in the worker's batch process
+(``stream.batch_process``), so the model never competes with faust's loop for the GIL.
 
 Settings that matter on the embedded broker (Tansu): at_least_once (its transactions are broken),
 a short session timeout (it holds a JoinGroup for half of it), earliest offset reset (its
@@ -18,23 +19,21 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
-import torch
+import mode.loop
 from faust.types import TP
 
 from stream import metrics
+from stream.batch_process import BatchProcess, ChildMetrics
 from stream.batcher import MicroBatcher
-from stream.changelog import ChangelogReader, ensure_worker_topics
+from stream.changelog import ensure_worker_topics
 from stream.metrics import serve_metrics
-from stream.processor import ClickProcessor, RawClick
-from stream.publisher import Publisher
-from stream.scoring import ModelSource
+from stream.processor import RawClick
 from stream.settings import Settings
-from stream.state import StateStore, StoreOptions
 
 log = logging.getLogger(__name__)
 
@@ -45,30 +44,6 @@ EXIT_AGENT_CRASHED = 70  # EX_SOFTWARE
 # How often the lag and state-size gauges are refreshed: both read cached figures (the last
 # Fetch response, RocksDB's counters), so well under any scrape interval costs nothing.
 GAUGE_REFRESH_S = 1.0
-
-
-def build_processor(settings: Settings) -> ClickProcessor:
-    torch.set_num_threads(settings.worker_torch_threads)
-    models = ModelSource(
-        settings.registry_dir,
-        settings.checkpoint_dir,
-        settings.torch_device(),
-        settings.top_k,
-        settings.mask_seen,
-        settings.scoring_mode,
-    )
-    options = StoreOptions(
-        settings.rocksdb_block_cache_mb,
-        settings.rocksdb_write_buffer_mb,
-        settings.rocksdb_max_write_buffers,
-    )
-    return ClickProcessor(
-        settings,
-        StateStore(settings.state_dir / settings.worker_id / "users", options),
-        Publisher(settings),
-        ChangelogReader(settings),
-        models,
-    )
 
 
 def faust_app(settings: Settings, app_id: str, datadir: Path) -> faust.App:
@@ -90,11 +65,11 @@ def faust_app(settings: Settings, app_id: str, datadir: Path) -> faust.App:
     )
 
 
-def create_app(settings: Settings, processor: ClickProcessor) -> faust.App:
+def create_app(settings: Settings, processor: BatchProcess) -> faust.App:
     # faust keeps nothing in its datadir (no tables), but two workers must never share one
-    app = faust_app(
-        settings, settings.worker_app_id, settings.state_dir / settings.worker_id / "faust"
-    )
+    datadir = settings.state_dir / settings.worker_id / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust_app(settings, settings.worker_app_id, datadir)
     clicks = app.topic(
         settings.topic_clicks,
         key_type=bytes,
@@ -102,15 +77,17 @@ def create_app(settings: Settings, processor: ClickProcessor) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",  # we parse ourselves: junk must never reach a codec
     )
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="glintstream-batch")
     _set_fetch_wait(app, settings.worker_fetch_max_wait_ms)
-    _resume_from_applied_offsets(app, settings.topic_clicks, processor, executor)
+    _resume_from_applied_offsets(app, settings.topic_clicks, processor)
     _record_commits(app)
 
     @app.timer(settings.model_check_interval_s)
     async def refresh_model() -> None:
-        # on the batch thread, so a swap always falls between two batches
-        await asyncio.get_running_loop().run_in_executor(executor, processor.refresh_model)
+        # in the batch process, so a swap always falls between two batches
+        try:
+            await processor.refresh_model()
+        except BrokenProcessPool as e:
+            _crash(e)
 
     lagging: set[int] = set()  # partitions with a lag series, to drop those revoked
 
@@ -118,7 +95,7 @@ def create_app(settings: Settings, processor: ClickProcessor) -> faust.App:
     # gauge timers log and carry on.
     @app.timer(GAUGE_REFRESH_S)
     async def refresh_lag() -> None:
-        # on the loop, not the batch thread: a stuck batch must show as growing lag
+        # here, not in the batch process: a stuck batch must show as growing lag
         try:
             _update_lag(app, settings.topic_clicks, processor, lagging)
         except Exception:
@@ -126,9 +103,10 @@ def create_app(settings: Settings, processor: ClickProcessor) -> faust.App:
 
     @app.timer(GAUGE_REFRESH_S)
     async def refresh_store_metrics() -> None:
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(executor, processor.update_store_metrics)
+            await processor.update_store_metrics()
+        except BrokenProcessPool as e:
+            _crash(e)
         except Exception:
             log.warning("cannot update the state store metrics", exc_info=True)
 
@@ -138,7 +116,7 @@ def create_app(settings: Settings, processor: ClickProcessor) -> faust.App:
         batcher: MicroBatcher[RawClick] = MicroBatcher(
             settings.batch_max_size, settings.batch_max_ms / 1000
         )
-        batches = asyncio.ensure_future(_run_batches(app, settings, processor, executor, batcher))
+        batches = asyncio.ensure_future(_run_batches(app, settings, processor, batcher))
         batches.add_done_callback(_exit_if_crashed)
         try:
             # faust acks (and commits) each event once the loop moves past it, possibly before
@@ -170,24 +148,16 @@ def create_app(settings: Settings, processor: ClickProcessor) -> faust.App:
 async def _run_batches(
     app: faust.App,
     settings: Settings,
-    processor: ClickProcessor,
-    executor: ThreadPoolExecutor,
+    processor: BatchProcess,
     batcher: MicroBatcher[RawClick],
 ) -> None:
-    """Apply batches one after another on the batch thread, as soon as each is ready."""
+    """Apply batches one after another in the batch process, as soon as each is ready."""
     while True:
         batch = await batcher.get()
         assigned = {
             tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_clicks
         }
-        job = executor.submit(processor.process, batch, assigned)
-        try:
-            seeks = await asyncio.wrap_future(job)
-        except asyncio.CancelledError:
-            # Shutting down: let the batch finish, so its clicks are really applied; the wait
-            # is bounded by the delivery timeout.
-            job.result()
-            raise
+        seeks = await processor.process(batch, assigned)
         for partition, offset in seeks.items():
             await app.consumer.seek(TP(settings.topic_clicks, partition), offset)
 
@@ -197,13 +167,13 @@ def _exit_if_crashed(task: asyncio.Future) -> None:
         _crash(task.exception())
 
 
-def _crash(error: BaseException | None = None) -> None:
+def _crash(error: BaseException | None = None) -> NoReturn:
     log.critical("the click agent crashed; exiting for a restart", exc_info=error or True)
     logging.shutdown()
     os._exit(EXIT_AGENT_CRASHED)
 
 
-def _update_lag(app: faust.App, topic: str, processor: ClickProcessor, lagging: set[int]) -> None:
+def _update_lag(app: faust.App, topic: str, processor: BatchProcess, lagging: set[int]) -> None:
     """Set each assigned clicks partition's lag: high watermark - (last applied offset + 1).
 
     The high watermark is the one of the last Fetch response (aiokafka keeps it per partition),
@@ -269,14 +239,12 @@ def _record_commits(app: faust.App) -> None:
     metrics.LAST_COMMIT.set_to_current_time()
 
 
-def _resume_from_applied_offsets(
-    app: faust.App, topic: str, processor: ClickProcessor, executor: ThreadPoolExecutor
-) -> None:
+def _resume_from_applied_offsets(app: faust.App, topic: str, processor: BatchProcess) -> None:
     """Make every rebalance resume each clicks partition after its last *applied* offset.
 
     faust seeks assigned partitions to their committed offsets (``perform_seek``) while the
     flow is stopped, after every rebalance. We wrap its ``seek_to_committed`` on our consumer:
-    catch the partitions' state up from the changelog (off the loop), then seek to the stored
+    catch the partitions' state up from the changelog (in the batch process), then seek to the stored
     applied offset + 1 and report that as "committed", so faust's ack bookkeeping starts there.
     """
     consumer = app.consumer
@@ -287,10 +255,10 @@ def _resume_from_applied_offsets(
         ours = {tp for tp in consumer.assignment() if tp.topic == topic}
         if not ours:
             return committed
-        loop = asyncio.get_running_loop()
-        resume = await loop.run_in_executor(
-            executor, processor.prepare, {tp.partition for tp in ours}
-        )
+        try:
+            resume = await processor.prepare({tp.partition for tp in ours})
+        except BrokenProcessPool as e:
+            _crash(e)
         for tp in ours:
             offset = resume[tp.partition]
             if committed.get(tp) != offset:
@@ -310,8 +278,12 @@ def _resume_from_applied_offsets(
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run until SIGTERM/SIGINT (exit 0) or a crash (non-zero). Never returns."""
+    mode.loop.use(settings.worker_event_loop)
     ensure_worker_topics(settings)
-    processor = build_processor(settings)
+    processor = BatchProcess(settings, loglevel)
+    processor.start()
+    if processor.metrics_port is not None:
+        metrics.WORKER_REGISTRY.register(ChildMetrics(processor.metrics_port))
     serve_metrics(settings.metrics_host, settings.metrics_port, metrics.WORKER_REGISTRY)
     app = create_app(settings, processor)
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False)

@@ -1,4 +1,4 @@
-"""Natural micro-batching between the consumer loop and the batch thread.
+"""Natural micro-batching between the consumer loop and the batch process.
 
 faust's ``take_events(n, within)`` waits the whole window before each batch unless n events
 arrived, and takes no new events while a batch is being processed: every click pays the window,

@@ -1,7 +1,9 @@
 """Prometheus metrics of the worker and of the fine-tune job (README "Observability").
 
 Each process serves only its own registry (``WORKER_REGISTRY`` / ``FINETUNE_REGISTRY``, each with
-the usual process and Python collectors), so neither exposes the other's metrics as zeros.
+the usual process and Python collectors), so neither exposes the other's metrics as zeros. The
+worker's batch process (``stream.batch_process``) keeps the processing metrics in
+``BATCH_REGISTRY``, which the worker's endpoint includes at every scrape.
 Names follow the Prometheus conventions: a ``glintstream_`` prefix, base units (seconds, bytes)
 in the name, ``_total`` on counters, ``_timestamp_seconds`` on unix-time gauges.
 """
@@ -39,101 +41,109 @@ def _registry() -> CollectorRegistry:
 
 WORKER_REGISTRY = _registry()
 FINETUNE_REGISTRY = _registry()
+# The batch process's own CPU and memory, under names that cannot clash with the worker's.
+BATCH_REGISTRY = CollectorRegistry()
+ProcessCollector(namespace="glintstream_batch", registry=BATCH_REGISTRY)
 
-# ====================================================================== worker (glintstream worker)
-_W = WORKER_REGISTRY
+# ============================================ worker (glintstream worker): its batch process
+_B = BATCH_REGISTRY
 
 CLICKS = Counter(
     "glintstream_clicks_total",
     "Click messages consumed, by outcome: applied, rejected (see the next metric), duplicate "
     "(already applied: redelivery), out_of_order (dropped while a gap is re-read).",
     ["outcome"],
-    registry=_W,
+    registry=_B,
 )
 REJECTED = Counter(
     "glintstream_clicks_rejected_total",
     "Click messages sent to the DLQ, by reason (stream.clicks.REASONS).",
     ["reason"],
-    registry=_W,
+    registry=_B,
 )
 RECOMMENDATIONS = Counter(
-    "glintstream_recommendations_total", "Recommendations published.", registry=_W
+    "glintstream_recommendations_total", "Recommendations published.", registry=_B
 )
 DELIVERY_FAILURES = Counter(
     "glintstream_delivery_failures_total",
     "Micro-batches whose outputs the broker did not acknowledge; each is retried with a new "
     "producer (worker_delivery_attempts) before the worker gives up and exits.",
-    registry=_W,
+    registry=_B,
 )
 GAPS = Counter(
     "glintstream_offset_gaps_total",
     "Times a clicks partition skipped offsets and the worker seeked back to re-read them.",
-    registry=_W,
+    registry=_B,
 )
 MODEL_SWAPS = Counter(
-    "glintstream_model_swaps_total", "Model versions hot-swapped in.", registry=_W
+    "glintstream_model_swaps_total", "Model versions hot-swapped in.", registry=_B
 )
 MODEL_VERSION = Gauge(
     "glintstream_model_version",
     "Registry version of the model being served (0 = the fallback checkpoint).",
-    registry=_W,
+    registry=_B,
 )
 CLICK_TO_PUBLISH = Histogram(
     "glintstream_click_to_publish_seconds",
     "From a click's Kafka timestamp to its recommendation acked by the broker: what a user "
     "sees, including time in the topic (lag).",
     buckets=LATENCY_BUCKETS,
-    registry=_W,
+    registry=_B,
 )
 READ_TO_PUBLISH = Histogram(
     "glintstream_read_to_publish_seconds",
     "From the worker receiving a click from its consumer to the recommendation acked by the "
     "broker: the worker's own share of the latency.",
     buckets=LATENCY_BUCKETS,
-    registry=_W,
+    registry=_B,
 )
 MODEL_SECONDS = Histogram(
     "glintstream_model_step_score_seconds",
     "One batched model step + top-K scoring of a micro-batch (all its rounds).",
     buckets=LATENCY_BUCKETS,
-    registry=_W,
+    registry=_B,
 )
 BATCH_SECONDS = Histogram(
     "glintstream_batch_seconds",
     "Wall time of one micro-batch: model, publish + delivery wait, RocksDB write.",
     buckets=LATENCY_BUCKETS,
-    registry=_W,
+    registry=_B,
 )
 BATCH_CLICKS = Histogram(
     "glintstream_batch_clicks",
     "Click messages per micro-batch, as delivered by the consumer.",
     buckets=BATCH_SIZE_BUCKETS,
-    registry=_W,
-)
-CONSUMER_LAG = Gauge(
-    "glintstream_consumer_lag_records",
-    "Click messages not yet applied: the partition's high watermark (from the last Fetch "
-    "response) minus the next offset to apply.",
-    ["topic", "partition"],
-    registry=_W,
+    registry=_B,
 )
 STATE_KEYS = Gauge(
     "glintstream_state_keys",
     "Keys in the partition's RocksDB state store (RocksDB's estimate: users + 2 bookkeeping).",
     ["partition"],
-    registry=_W,
+    registry=_B,
 )
 STATE_BYTES = Gauge(
     "glintstream_state_bytes",
     "Size of the partition's RocksDB state store: SST files on disk + memtables.",
     ["partition"],
-    registry=_W,
+    registry=_B,
+)
+
+
+# ====================================== worker (glintstream worker): its consumer process
+_C = WORKER_REGISTRY
+
+CONSUMER_LAG = Gauge(
+    "glintstream_consumer_lag_records",
+    "Click messages not yet applied: the partition's high watermark (from the last Fetch "
+    "response) minus the next offset to apply.",
+    ["topic", "partition"],
+    registry=_C,
 )
 LAST_COMMIT = Gauge(
     "glintstream_last_commit_timestamp_seconds",
     "Unix time of the last successful Kafka offset commit (the worker's start before the "
     "first). Idle workers have nothing to commit: read it together with the lag.",
-    registry=_W,
+    registry=_C,
 )
 
 

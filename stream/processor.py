@@ -1,7 +1,8 @@
 """One micro-batch of raw clicks in, recommendations + DLQ records + new user states out.
 
-``ClickProcessor.process`` is synchronous and runs on the worker's single executor thread, never
-on the event loop. Per batch, in this order:
+``ClickProcessor.process`` is synchronous and runs in the worker's batch process
+(``stream.batch_process``), one call at a time, never on faust's event loop. Per batch, in this
+order:
 
 1. admit each message by offset: every `clicks` partition is applied strictly in offset order,
    exactly once, against the partition's stored *applied offset* (see ``PartitionCursor``);
@@ -183,12 +184,11 @@ class ClickProcessor:
             metrics.MODEL_VERSION.set(new_scorer.version)
 
     def applied_offsets(self) -> dict[int, int]:
-        """{partition: last applied offset}; safe to call from the event loop (a snapshot)."""
-        # list() copies in one step under the GIL while the batch thread may add partitions
-        return {partition: cursor.applied for partition, cursor in list(self._cursors.items())}
+        """{partition: last applied offset}."""
+        return {partition: cursor.applied for partition, cursor in self._cursors.items()}
 
     def update_store_metrics(self) -> None:
-        """Publish the state store's size; on the batch thread, like every store access."""
+        """Publish the state store's size; between batches, like every store access."""
         for partition, (keys, size) in self.store.sizes().items():
             metrics.STATE_KEYS.labels(str(partition)).set(keys)
             metrics.STATE_BYTES.labels(str(partition)).set(size)

@@ -1,8 +1,8 @@
 """Everything the worker writes to Kafka goes through one librdkafka producer.
 
 faust's own (aiokafka) producer costs tens of microseconds of event-loop time per message;
-librdkafka batches in C on its own threads, and ``wait`` can block the executor thread (never
-the event loop) until every message of a batch is acknowledged by the broker (acks=all).
+librdkafka batches in C on its own threads, and ``wait`` blocks the batch process (never faust's
+event loop) until every message of a batch is acknowledged by the broker (acks=all).
 
 An idempotent producer that hits a fatal error (e.g. the broker forgot its sequence numbers
 after a restart: OUT_OF_ORDER_SEQUENCE_NUMBER) can never send again; ``reset`` replaces it, so
@@ -20,7 +20,10 @@ from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LINGER_MS = 2  # a batch is produced in one go: a short linger is enough to fill requests
+# Every batch ends with wait() = flush(), which sends at once whatever the linger (measured on
+# Tansu: flush round trip p50 0.33 ms at 100 ms linger, 0.34 ms at 2). A linger longer than
+# producing a batch takes spares librdkafka's sender a wake-up while the batch is produced.
+LINGER_MS = 100
 POLL_S = 0.05  # how long to serve delivery callbacks while the local queue is full
 
 

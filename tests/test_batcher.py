@@ -1,4 +1,4 @@
-"""The micro-batcher between the consumer loop and the batch thread."""
+"""The micro-batcher between the consumer loop and the batch process."""
 
 from __future__ import annotations
 

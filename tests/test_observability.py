@@ -136,8 +136,11 @@ def _families(registry: CollectorRegistry) -> dict[str, str]:
 
 
 def test_metric_names_follow_the_conventions() -> None:
-    worker = _families(metrics.WORKER_REGISTRY)
+    consumer = _families(metrics.WORKER_REGISTRY)
+    batch = _families(metrics.BATCH_REGISTRY)
+    worker = {**consumer, **batch}  # one scrape shows both (stream.batch_process.ChildMetrics)
     finetune = _families(metrics.FINETUNE_REGISTRY)
+    assert not set(consumer) & set(batch), "a metric in both of the worker's registries"
     assert not set(worker) & set(finetune), "a metric in both processes' registries"
     for name, kind in {**worker, **finetune}.items():
         assert name.startswith("glintstream_"), name
@@ -175,7 +178,11 @@ def _alert_text() -> str:
 
 
 def test_dashboard_and_alerts_use_defined_metrics() -> None:
-    defined = set(_families(metrics.WORKER_REGISTRY)) | set(_families(metrics.FINETUNE_REGISTRY))
+    defined = {
+        name
+        for registry in (metrics.WORKER_REGISTRY, metrics.BATCH_REGISTRY, metrics.FINETUNE_REGISTRY)
+        for name in _families(registry)
+    }
     queries = _dashboard_queries()
     assert queries
     for where, text in (("dashboard", "\n".join(queries)), ("alerts", _alert_text())):
