@@ -81,6 +81,29 @@ def table(checkpoints: tuple[Path, ...]) -> None:
 
 
 @bench.command()
+@click.option("--steps", type=int, default=2, show_default=True)
+@click.option("--batches-per-step", type=int, default=10_000, show_default=True)
+@click.option("--samples", type=int, default=200, show_default=True, help="timed messages each")
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".run/bench-broker"),
+    show_default=True,
+)
+def broker(steps: int, batches_per_step: int, samples: int, work_dir: Path) -> None:
+    """The embedded broker's ack and produce->consume latency vs record batches in a partition."""
+    from bench.broker_latency import QUANTILES, run
+
+    q = " / ".join(f"p{q}" for q in QUANTILES)
+    click.echo(f"| batches in the partition | produce ack ms ({q}) | produce->consume ms ({q}) |")
+    click.echo("|---:|---|---|")
+    for step in run(work_dir, steps, batches_per_step, samples):
+        ack = " / ".join(f"{v:.2f}" for v in step.ack_ms)
+        e2e = " / ".join(f"{v:.2f}" for v in step.e2e_ms)
+        click.echo(f"| {step.batches:,} | {ack} | {e2e} |")
+
+
+@bench.command()
 @click.option("--dataset", default="synthetic", show_default=True, help="replayed in time order")
 @click.option("--max-clicks", type=int, default=20_000, show_default=True)
 @click.option("--kills", type=int, default=20, show_default=True, help="case (a): kill -9 count")

@@ -121,6 +121,7 @@ BREAKDOWN_HISTOGRAMS = (
     "glintstream_batch_clicks",
     "glintstream_batch_seconds",
     "glintstream_model_step_score_seconds",
+    "glintstream_delivery_wait_seconds",
 )
 
 
@@ -147,7 +148,8 @@ class Latency:
             f"{float(np.mean(self.ms)) - to_publish:.1f}; "
             f"{m['glintstream_batch_clicks']:.0f} clicks, "
             f"{1000 * m['glintstream_batch_seconds']:.1f} ms "
-            f"(model {1000 * m['glintstream_model_step_score_seconds']:.1f})"
+            f"(model {1000 * m['glintstream_model_step_score_seconds']:.1f}, "
+            f"broker acks {1000 * m['glintstream_delivery_wait_seconds']:.1f})"
         )
 
 
@@ -197,7 +199,7 @@ class StreamBenchResult:
             rows.append(
                 (
                     f"at {lat.offered:,.0f} clicks/s, mean ms: to the worker / in the worker "
-                    "/ to the reader; mean batch (its model part)",
+                    "/ to the reader; mean batch (its model and broker-ack parts)",
                     lat.breakdown(),
                     "",
                 )

@@ -109,6 +109,13 @@ BATCH_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
     registry=_B,
 )
+DELIVERY_WAIT_SECONDS = Histogram(
+    "glintstream_delivery_wait_seconds",
+    "Time a micro-batch waits for the broker's acks: its outputs, then its changelog records "
+    "(two round trips, one after the other).",
+    buckets=LATENCY_BUCKETS,
+    registry=_B,
+)
 BATCH_CLICKS = Histogram(
     "glintstream_batch_clicks",
     "Click messages per micro-batch, as delivered by the consumer.",

@@ -251,7 +251,9 @@ class ClickProcessor:
         records = self._score(valid) if valid else {}
         # Outputs first: the changelog says "applied", and a worker restored from it never
         # re-sends, so a kill -9 between the two must find the outputs already acked.
+        waited = time.monotonic()
         self.publisher.wait()
+        waiting = time.monotonic() - waited
         with_vec = not self.scorer.ring_is_enough
         for (partition, user), record in records.items():
             self.publisher.send(
@@ -271,7 +273,9 @@ class ClickProcessor:
                 str(offset).encode(),
                 partition=partition,
             )
+        waited = time.monotonic()
         delivered = self.publisher.wait()  # everything above acked by the broker, or raise
+        metrics.DELIVERY_WAIT_SECONDS.observe(waiting + time.monotonic() - waited)
         # Published = acked: from here on consumers can read the recommendations.
         metrics.observe_published(
             time.time(), time.monotonic(), ((v.message.timestamp, v.message.read_at) for v in valid)

@@ -56,6 +56,7 @@ LATENCY_HISTOGRAMS = (
     "glintstream_read_to_publish_seconds",
     "glintstream_model_step_score_seconds",
     "glintstream_batch_seconds",
+    "glintstream_delivery_wait_seconds",
 )
 WORKER_HISTOGRAMS = (*LATENCY_HISTOGRAMS, "glintstream_batch_clicks")
 METRIC_NAME = re.compile(r"\bglintstream_[a-z0-9_]+")
