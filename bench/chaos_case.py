@@ -326,38 +326,45 @@ class CaseRun:
         records = stored_records(
             self.root / "state" / last_worker / "users", self.config.partitions
         )
-        return records, self.result(records, clean, self._dropped_by_broker(log_now))
+        return records, self.result(records, clean, log_now)
 
-    def _dropped_by_broker(
-        self, log_now: dict[tuple[int, int], bytes | None]
-    ) -> set[tuple[int, int]]:
-        """Acked clicks the broker no longer holds: no worker can apply those."""
-        return {
-            tp
-            for tp, (user, _) in list(self.ledger.clicks.items())
-            if (value := log_now.get(tp)) is None or json.loads(value).get("user_id") != user
-        }
+    def _held_by_broker(self, log_now: dict[tuple[int, int], bytes | None]) -> Counter[str]:
+        """Per user, the acked clicks the broker still holds, wherever: a worker must apply
+        those. Compared byte for byte: a broker that lost its log may hold another click at the
+        same offset, even one of the same user."""
+        in_log = Counter(value for value in log_now.values() if value is not None)
+        held: Counter[str] = Counter()
+        for user, value in self.ledger.sent:
+            if in_log[value] > 0:
+                in_log[value] -= 1
+                held[user] += 1
+        return held
 
     def result(
         self,
         records: dict[str, UserRecord],
         clean: dict[str, UserRecord] | None,
-        dropped_tps: set[tuple[int, int]],
+        log_now: dict[tuple[int, int], bytes | None],
     ) -> CaseResult:
-        # Produced clicks per user (all acked unless `unacked` says otherwise). Not counted from
-        # the ledger's (partition, offset) keys: a broker that lost its log reuses offsets.
+        # Produced clicks per user (all acked unless `unacked` says otherwise).
         acked = Counter({user: len(history) for user, history in self.ledger.histories.items()})
         r = CaseResult(self.name, clicks=acked.total(), crashes=self.crashes)
-        dropped = Counter(self.ledger.clicks[tp][0] for tp in dropped_tps)
-        r.broker_lost = len(dropped_tps)
+        held = self._held_by_broker(log_now)
+        dropped = acked - held  # keeps only users who lost some
+        r.broker_lost = dropped.total()
         r.changelog_holes = self.changelog_holes
         # The worker is judged on what the broker still holds: a click it dropped may or may not
-        # have been applied first, so acked - dropped <= n <= acked.
+        # have been applied first, so held <= n <= acked.
         for user in acked.keys() | records.keys():
             n = records[user].n if user in records else 0
-            r.lost += max(0, acked[user] - dropped[user] - n)
+            r.lost += max(0, held[user] - n)
             r.double += max(0, n - acked[user])
-        r.no_rec = sum(tp not in self.served for tp in set(self.ledger.clicks) - dropped_tps)
+        # every click still at the offset it was acked at must have its recommendation
+        r.no_rec = sum(
+            tp not in self.served
+            for tp, value in list(self.ledger.values.items())
+            if log_now.get(tp) == value
+        )
         r.unacked = len(self.ledger.failed)
         if clean is not None:  # users who lost a click in the broker cannot equal the clean run
             for user in (clean.keys() | records.keys()) - dropped.keys():

@@ -99,6 +99,10 @@ class Ledger:
     """What the test produced, by (partition, offset) of the `clicks` topic."""
 
     clicks: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)  # -> user, t
+    values: dict[tuple[int, int], bytes] = field(default_factory=dict)  # each click as sent
+    # every acked click as (user, value): a broker that loses its log re-uses offsets, and the
+    # maps above keep only the last click acked at an offset
+    sent: list[tuple[str, bytes]] = field(default_factory=list)
     histories: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     junk: dict[tuple[int, int], bytes | None] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)  # deliveries the broker never acked
@@ -142,7 +146,13 @@ class ClickProducer:
         t = len(history)
         history.append(item)  # before delivery: the next click of the user is t + 1
         value = json.dumps({"user_id": user, "item_id": self.vocab[item], "ts": ts}).encode()
-        self._send(user.encode(), value, lambda tp: self.ledger.clicks.__setitem__(tp, (user, t)))
+
+        def acked(tp: tuple[int, int]) -> None:
+            self.ledger.clicks[tp] = (user, t)
+            self.ledger.values[tp] = value
+            self.ledger.sent.append((user, value))
+
+        self._send(user.encode(), value, acked)
 
     def junk(self, key: bytes | None, value: bytes | None) -> None:
         self._send(key, value, lambda tp: self.ledger.junk.__setitem__(tp, value))
