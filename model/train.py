@@ -3,10 +3,13 @@ early stopping on validation NDCG@10 (full ranking, seen items masked), best che
 
 Every prefix of a user is trained in one pass (``calculate_loss`` with per-position targets),
 instead of RecBole's one sample per prefix. Histories longer than the window L are cut into
-windows of L, newest first, so the most recent clicks get the full context (the official model
-would give every target the L clicks before it; targets early in an older window see fewer:
-the documented deviation). The streaming variant instead runs each user's whole history in
-chunks of L with its recurrent state carried between chunks (truncated backpropagation).
+windows of L, newest first, that overlap by L - stride: each window trains only the targets of
+its newest ``stride`` positions (the oldest window trains all of its own), so every target is
+trained once and sees at least L - stride + 1 clicks of context. The official model gives every
+target the L clicks before it: stride 1 is exact, stride L (the default) cheapest, and targets
+early in an older window see fewer clicks (the documented deviation). The streaming variant
+instead runs each user's whole history in chunks of L with its recurrent state carried between
+chunks (truncated backpropagation).
 """
 
 from __future__ import annotations
@@ -64,9 +67,11 @@ class TrainConfig:
     dropout: float | None = None  # None: the model's defaults
     epochs: int = 200
     batch_size: int = 128  # rows (windows of up to L clicks) per step
+    window_stride: int | None = None  # None: L (windows do not overlap); see the module doc
     lr: float = 1e-3
     weight_decay: float = 0.0
-    patience: int = 10  # epochs without a better valid NDCG@10
+    patience: int = 10  # validations without a better valid NDCG@10
+    eval_every: int = 1  # validate every this many epochs (and after the last one)
     seed: int = 666
     max_minutes: float | None = None  # wall-clock budget; stops after the epoch that crosses it
     threads: int = 2
@@ -130,16 +135,28 @@ def is_streaming(model: SequentialRecommender) -> bool:
 
 
 # ----------------------------------------------------------------------------- batches
-def windows(sequences: list[np.ndarray], max_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(inputs, targets) windows of at most L positions, newest first, covering every target."""
+def windows(
+    sequences: list[np.ndarray], max_len: int, stride: int | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(inputs, targets) windows of at most L positions, newest first, every target trained once.
+
+    A window ending at ``end`` trains the targets at [end - stride, end); the others are set to
+    0 (the pad, which the loss skips) because a newer window already trained them.
+    """
+    stride = max_len if stride is None else stride
+    if not 1 <= stride <= max_len:
+        raise ValueError(f"window stride {stride} must be in 1..{max_len}")
     rows = []
     for seq in sequences:
         inputs, targets = seq[:-1], seq[1:]
         end = len(inputs)
         while end > 0:
             start = max(0, end - max_len)
-            rows.append((inputs[start:end], targets[start:end]))
-            end = start
+            trained_from = start if start == 0 else end - stride
+            tgt = targets[start:end].copy()
+            tgt[: trained_from - start] = 0
+            rows.append((inputs[start:end], tgt))
+            end = start if start == 0 else end - stride
     return rows
 
 
@@ -321,7 +338,7 @@ def _fit(
     on_best: Callable[[int], None],
 ) -> tuple[dict[str, Tensor], int]:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    rows = windows(split.train, config.window)
+    rows = windows(split.train, config.window, config.window_stride)
     best_ndcg, best_epoch, best_state, waited = -math.inf, 0, copy.deepcopy(model.state_dict()), 0
     for epoch in range(1, config.epochs + 1):
         model.train()
@@ -345,6 +362,11 @@ def _fit(
             optimizer.step()
             total, steps = total + loss.item(), steps + 1
         train_seconds = time.monotonic() - t0
+        elapsed_min = (time.monotonic() - started) / 60
+        out_of_time = config.max_minutes is not None and elapsed_min >= config.max_minutes
+        if epoch % config.eval_every and epoch < config.epochs and not out_of_time:
+            log.info("epoch %d loss %.4f train %.1fs", epoch, total / max(steps, 1), train_seconds)
+            continue
         valid = evaluate_split(model, split.valid_inputs, split.valid_targets, counts, config)
         ndcg = valid["full_masked"]["NDCG@10"]
         history.append(
@@ -371,10 +393,9 @@ def _fit(
         else:
             waited += 1
             if waited >= config.patience:
-                log.info("early stop: no better valid NDCG@10 for %d epochs", waited)
+                log.info("early stop: no better valid NDCG@10 for %d validations", waited)
                 break
-        elapsed_min = (time.monotonic() - started) / 60
-        if config.max_minutes is not None and elapsed_min >= config.max_minutes:
+        if out_of_time:
             log.info("time budget of %.1f min reached after epoch %d", config.max_minutes, epoch)
             break
     return best_state, best_epoch

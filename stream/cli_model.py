@@ -23,7 +23,15 @@ MODEL_CHOICES = ["glintru", "glintru-streaming", "sasrec", "gru4rec", "popularit
 @click.option("--max-len", type=int, help="Window L [the dataset's official one].")
 @click.option("--hidden-size", type=int, help="Embedding size d [the model's default].")
 @click.option("--dropout", type=float, help="One rate for every dropout [the model's defaults].")
-@click.option("--patience", type=int, default=10, show_default=True)
+@click.option(
+    "--window-stride",
+    type=int,
+    help="Overlap training windows: each trains its newest STRIDE targets [L: no overlap].",
+)
+@click.option("--patience", type=int, default=10, show_default=True, help="In validations.")
+@click.option(
+    "--eval-every", type=int, default=1, show_default=True, help="Validate every N epochs."
+)
 @click.option("--seed", type=int, default=666, show_default=True)
 @click.option("--max-minutes", type=float, help="Stop after the epoch that crosses this budget.")
 @click.option("--threads", type=int, default=2, show_default=True)
@@ -43,7 +51,9 @@ def train(
     max_len: int | None,
     hidden_size: int | None,
     dropout: float | None,
+    window_stride: int | None,
     patience: int,
+    eval_every: int,
     seed: int,
     max_minutes: float | None,
     threads: int,
@@ -65,7 +75,9 @@ def train(
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        window_stride=window_stride,
         patience=patience,
+        eval_every=eval_every,
         seed=seed,
         max_minutes=max_minutes,
         threads=threads,

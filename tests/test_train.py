@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model.baselines import Popularity, PopularityConfig
 from model.data import item_counts, leave_one_out, load_dataset, synthetic
@@ -39,6 +41,24 @@ def test_windows_cover_every_target_once_newest_window_full():
     assert len(inputs) == 5 and newest[-1] == 23  # the most recent targets see a full window
     for inp, tgt in rows:
         assert np.array_equal(tgt, inp + 1)  # target t is the item after input t
+
+
+@settings(max_examples=200, deadline=None)
+@given(n=st.integers(2, 60), max_len=st.integers(1, 12), data=st.data())
+def test_overlapping_windows_train_each_target_once_with_enough_context(n, max_len, data):
+    stride = data.draw(st.integers(1, max_len))
+    seq = np.arange(1, n + 1)  # item i is the user's i-th click: it counts its own history
+    trained = []
+    for inputs, targets in windows([seq], max_len, stride):
+        assert len(inputs) <= max_len
+        for position in np.flatnonzero(targets):
+            assert targets[position] == inputs[position] + 1
+            history, context = inputs[position], position + 1  # clicks seen, overall / here
+            assert context >= min(history, max_len - stride + 1)
+            if stride == 1:  # the official semantics: the L clicks before the target
+                assert context == min(history, max_len)
+            trained.append(int(targets[position]))
+    assert sorted(trained) == list(range(2, n + 1))
 
 
 @pytest.mark.parametrize("model_name", ["glintru", "glintru-streaming"])
