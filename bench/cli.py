@@ -59,11 +59,12 @@ def inference(dataset: str, threads: int) -> None:
 
 @model.command()
 @click.option("--dataset", default="ml-1m", show_default=True)
-def windows(dataset: str) -> None:
+@click.option("--window-stride", type=int, help="As in `glintstream train` [L].")
+def windows(dataset: str, window_stride: int | None) -> None:
     """Context lost by the training windows against the official sliding window."""
     from bench.model import window_deviation
 
-    click.echo(json.dumps(window_deviation(dataset)))
+    click.echo(json.dumps(window_deviation(dataset, window_stride)))
 
 
 @model.command()

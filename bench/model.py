@@ -134,8 +134,8 @@ def _step_and_score(model: GlintRU, state: StreamState, items: torch.Tensor) -> 
     return model.logits(model.step(state, items)[1])
 
 
-def window_deviation(dataset: str) -> dict:
-    """How far the newest-first training windows are from the official per-target context.
+def window_deviation(dataset: str, stride: int | None = None) -> dict:
+    """How far the training windows (``--window-stride``) are from the official context.
 
     The official model predicts the target after input position p from the last min(p+1, L)
     clicks; a window gives it only the clicks since the window start.
@@ -144,16 +144,15 @@ def window_deviation(dataset: str) -> dict:
     L = DEFAULT_MAX_LEN.get(dataset, 50)
     official, ours = [], []
     for seq in leave_one_out(data).train:
-        n = len(seq) - 1  # training positions
-        p = np.arange(n)
-        official.append(np.minimum(p + 1, L))
-        # windows cut newest first: position p sits at offset (p - start) in its window
-        first = n % L if n % L else L  # length of the oldest window
-        offset = np.where(p < first, p, (p - first) % L)
-        ours.append(offset + 1)
+        # item k is the user's k-th click, so an input names its own 1-based position
+        for inputs, targets in windows([np.arange(1, len(seq) + 1)], L, stride):
+            trained = np.flatnonzero(targets)
+            official.append(np.minimum(inputs[trained], L))
+            ours.append(trained + 1)
     off, our = np.concatenate(official), np.concatenate(ours)
     return {
         "dataset": dataset,
+        "window_stride": stride or L,
         "targets": int(len(off)),
         "targets_with_shorter_context": float((our < off).mean()),
         "mean_context_official": float(off.mean()),
@@ -172,5 +171,6 @@ def results_row(checkpoint: Path) -> str:
     for protocol in ("full_masked", "full", "pop100"):
         m = metrics["test"][protocol]
         cells.append(f"{m['HR@10']:.4f} / {m['NDCG@10']:.4f}")
-    cells += [str(metrics.get("best_epoch", "-")), str(len(history)), f"{epoch_s:.0f}"]
+    epochs = history[-1]["epoch"] if history else 0  # history holds the validated epochs
+    cells += [str(metrics.get("best_epoch", "-")), str(epochs), f"{epoch_s:.0f}"]
     return "| " + " | ".join(cells) + " |"
