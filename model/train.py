@@ -67,7 +67,9 @@ class TrainConfig:
     dropout: float | None = None  # None: the model's defaults
     epochs: int = 200
     batch_size: int = 128  # rows (windows of up to L clicks) per step
-    window_stride: int | None = None  # None: L (windows do not overlap); see the module doc
+    # None: L (windows do not overlap); see the module doc. The streaming variant has no
+    # windows: it carries its state over whole histories.
+    window_stride: int | None = None
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 10  # validations without a better valid NDCG@10
@@ -80,6 +82,10 @@ class TrainConfig:
     progress: bool = True
     model_overrides: dict[str, Any] = field(default_factory=dict)
     init_from: Path | None = None  # continue from a checkpoint's weights (fresh optimizer)
+
+    def __post_init__(self) -> None:
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
 
     @property
     def window(self) -> int:

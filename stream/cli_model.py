@@ -25,12 +25,16 @@ MODEL_CHOICES = ["glintru", "glintru-streaming", "sasrec", "gru4rec", "popularit
 @click.option("--dropout", type=float, help="One rate for every dropout [the model's defaults].")
 @click.option(
     "--window-stride",
-    type=int,
+    type=click.IntRange(min=1),
     help="Overlap training windows: each trains its newest STRIDE targets [L: no overlap].",
 )
 @click.option("--patience", type=int, default=10, show_default=True, help="In validations.")
 @click.option(
-    "--eval-every", type=int, default=1, show_default=True, help="Validate every N epochs."
+    "--eval-every",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Validate every N epochs.",
 )
 @click.option("--seed", type=int, default=666, show_default=True)
 @click.option("--max-minutes", type=float, help="Stop after the epoch that crosses this budget.")

@@ -87,6 +87,32 @@ def test_training_learns_planted_sequences(tmp_path: Path, model_name: str):
     assert again == metrics["test"]
 
 
+def test_overlapping_windows_and_sparse_validation_train(tmp_path: Path):
+    data = synthetic(num_users=150, num_items=30, min_len=8, max_len=30, seed=1)
+    config = TrainConfig(
+        dataset="synthetic",
+        out_dir=tmp_path,
+        epochs=5,
+        max_len=12,  # most histories are longer: the windows overlap
+        window_stride=4,
+        eval_every=2,
+        hidden_size=32,
+        batch_size=32,
+        threads=1,
+        progress=False,
+        seed=0,
+    )
+    metrics = train(config, data=data)
+    assert [h["epoch"] for h in metrics["history"]] == [2, 4, 5]  # and after the last epoch
+    split = leave_one_out(data)
+    counts = item_counts(split.train, data.num_items)
+    pop = Popularity(PopularityConfig(data.num_items)).fit(counts)
+    pop_test = evaluate_model(pop, split.test_inputs, split.test_targets, counts, max_len=12)
+    assert metrics["test"]["full"]["NDCG@10"] > 2 * pop_test["full"]["NDCG@10"]
+    with pytest.raises(ValueError, match="eval_every"):
+        TrainConfig(eval_every=0)
+
+
 @needs_ml100k
 @pytest.mark.timeout(600)
 def test_train_command_on_ml100k_beats_popularity(tmp_path: Path):
