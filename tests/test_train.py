@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.baselines import Popularity, PopularityConfig
-from model.data import item_counts, leave_one_out, load_dataset, synthetic
+from model.data import SequenceData, item_counts, leave_one_out, load_dataset, synthetic
 from model.evaluate import evaluate_model
 from model.glintru import GlintRU, GlintRUConfig
 from model.train import TrainConfig, encode_streaming, evaluate_checkpoint, train, windows
@@ -61,54 +61,38 @@ def test_overlapping_windows_train_each_target_once_with_enough_context(n, max_l
     assert sorted(trained) == list(range(2, n + 1))
 
 
-@pytest.mark.parametrize("model_name", ["glintru", "glintru-streaming"])
-def test_training_learns_planted_sequences(tmp_path: Path, model_name: str):
+def train_on_planted(tmp_path: Path, **overrides) -> tuple[dict, float, SequenceData]:
+    """Train a small model on planted sequences (histories of 8-30 clicks, window 12);
+    returns the training metrics, popularity's test NDCG@10 (full ranking) and the data."""
     data = synthetic(num_users=150, num_items=30, min_len=8, max_len=30, seed=1)
+    fields = {"epochs": 3, "hidden_size": 32, "batch_size": 32, "seed": 0} | overrides
     config = TrainConfig(
-        dataset="synthetic",
-        model=model_name,
-        out_dir=tmp_path,
-        epochs=3,
-        max_len=12,
-        hidden_size=32,
-        batch_size=32,
-        threads=1,
-        progress=False,
-        seed=0,
+        dataset="synthetic", out_dir=tmp_path, max_len=12, threads=1, progress=False, **fields
     )
     metrics = train(config, data=data)
     split = leave_one_out(data)
     counts = item_counts(split.train, data.num_items)
     pop = Popularity(PopularityConfig(data.num_items)).fit(counts)
     pop_test = evaluate_model(pop, split.test_inputs, split.test_targets, counts, max_len=12)
-    assert metrics["test"]["full"]["NDCG@10"] > 2 * pop_test["full"]["NDCG@10"]
+    return metrics, pop_test["full"]["NDCG@10"], data
+
+
+@pytest.mark.parametrize("model_name", ["glintru", "glintru-streaming"])
+def test_training_learns_planted_sequences(tmp_path: Path, model_name: str):
+    metrics, popularity_ndcg, data = train_on_planted(tmp_path, model=model_name)
+    assert metrics["test"]["full"]["NDCG@10"] > 2 * popularity_ndcg
     # the saved checkpoint reproduces the training run's figures through the evaluate path
-    again = evaluate_checkpoint(tmp_path, "synthetic", None, seed=config.seed, data=data)
+    again = evaluate_checkpoint(tmp_path, "synthetic", None, seed=0, data=data)
     assert again == metrics["test"]
 
 
 def test_overlapping_windows_and_sparse_validation_train(tmp_path: Path):
-    data = synthetic(num_users=150, num_items=30, min_len=8, max_len=30, seed=1)
-    config = TrainConfig(
-        dataset="synthetic",
-        out_dir=tmp_path,
-        epochs=5,
-        max_len=12,  # most histories are longer: the windows overlap
-        window_stride=4,
-        eval_every=2,
-        hidden_size=32,
-        batch_size=32,
-        threads=1,
-        progress=False,
-        seed=0,
+    # most histories are longer than the window of 12: the windows overlap
+    metrics, popularity_ndcg, _ = train_on_planted(
+        tmp_path, epochs=5, window_stride=4, eval_every=2
     )
-    metrics = train(config, data=data)
     assert [h["epoch"] for h in metrics["history"]] == [2, 4, 5]  # and after the last epoch
-    split = leave_one_out(data)
-    counts = item_counts(split.train, data.num_items)
-    pop = Popularity(PopularityConfig(data.num_items)).fit(counts)
-    pop_test = evaluate_model(pop, split.test_inputs, split.test_targets, counts, max_len=12)
-    assert metrics["test"]["full"]["NDCG@10"] > 2 * pop_test["full"]["NDCG@10"]
+    assert metrics["test"]["full"]["NDCG@10"] > 2 * popularity_ndcg
     with pytest.raises(ValueError, match="eval_every"):
         TrainConfig(eval_every=0)
 
