@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -112,7 +111,7 @@ def main() -> int:
     for name in names:
         log = (args.out / f"{name}.log").open("w")
         cmd = [sys.executable, "-m", "bench.gpu_train", "--one", name, *common]
-        procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ)
+        procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60 * args.minutes + GRACE_S
     for name, proc in procs.items():
         try:
