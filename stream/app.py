@@ -27,13 +27,14 @@ import faust
 import mode.loop
 from faust.types import TP
 
-from stream import metrics
+from stream import endpoints, metrics
 from stream.batch_process import BatchProcess, ChildMetrics
 from stream.batcher import MicroBatcher
 from stream.changelog import ensure_worker_topics
-from stream.metrics import serve_metrics
+from stream.health import WorkerHealth
 from stream.processor import RawClick
 from stream.settings import Settings
+from stream.watchdog import PartitionView, Reason, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,14 @@ log = logging.getLogger(__name__)
 # worker that holds partitions and never commits (faust-streaming #175). The state is
 # crash-consistent by construction, so dying at once is safe; the tests kill -9 anyway.
 EXIT_AGENT_CRASHED = 70  # EX_SOFTWARE
+EXIT_STALLED = 75  # EX_TEMPFAIL: the watchdog gave up on a stalled partition; a restart may cure it
 # How often the lag and state-size gauges are refreshed: both read cached figures (the last
 # Fetch response, RocksDB's counters), so well under any scrape interval costs nothing.
 GAUGE_REFRESH_S = 1.0
+WATCH_INTERVAL_S = 1.0  # the watchdog's look at the partitions; also the loop's heartbeat
+# /healthz fails when the event loop has not ticked for this long: faust's loop must stay
+# responsive (it heartbeats the group), so seconds without a tick mean it is blocked.
+HEARTBEAT_TIMEOUT_S = 10.0
 
 
 def faust_app(settings: Settings, app_id: str, datadir: Path) -> faust.App:
@@ -65,11 +71,27 @@ def faust_app(settings: Settings, app_id: str, datadir: Path) -> faust.App:
     )
 
 
-def create_app(settings: Settings, processor: BatchProcess) -> faust.App:
+class PartitionClock:
+    """When each prepared clicks partition last received a click (or was prepared), for the
+    watchdog; written by the consumer loop, one dict store per click."""
+
+    def __init__(self) -> None:
+        self.arrivals: dict[int, float] = {}
+        self.prepared_at: dict[int, float] = {}
+
+    def prepared(self, partitions: set[int]) -> None:
+        now = time.monotonic()
+        self.prepared_at = {p: now for p in partitions}
+        self.arrivals = {p: now for p in partitions}
+
+
+def create_app(settings: Settings, processor: BatchProcess, health: WorkerHealth) -> faust.App:
     # faust keeps nothing in its datadir (no tables), but two workers must never share one
     datadir = settings.state_dir / settings.worker_id / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust_app(settings, settings.worker_app_id, datadir)
+    clock = PartitionClock()
+    watchdog = Watchdog(settings.worker_stall_timeout_s, settings.worker_stall_exit_s)
     clicks = app.topic(
         settings.topic_clicks,
         key_type=bytes,
@@ -78,14 +100,22 @@ def create_app(settings: Settings, processor: BatchProcess) -> faust.App:
         value_serializer="raw",  # we parse ourselves: junk must never reach a codec
     )
     _set_fetch_wait(app, settings.worker_fetch_max_wait_ms)
-    _resume_from_applied_offsets(app, settings.topic_clicks, processor)
+    _resume_from_applied_offsets(app, settings.topic_clicks, processor, health, clock, watchdog)
     _record_commits(app)
+
+    @app.timer(WATCH_INTERVAL_S)
+    async def watch() -> None:
+        health.beat()
+        try:
+            _watch(app, settings, processor, clock, watchdog, health)
+        except Exception:  # the watchdog must never be what takes the worker down
+            log.warning("the stall watchdog failed", exc_info=True)
 
     @app.timer(settings.model_check_interval_s)
     async def refresh_model() -> None:
         # in the batch process, so a swap always falls between two batches
         try:
-            await processor.refresh_model()
+            health.model_loaded(await processor.refresh_model())
         except BrokenProcessPool as e:
             _crash(e)
 
@@ -123,6 +153,7 @@ def create_app(settings: Settings, processor: BatchProcess) -> faust.App:
             # it is applied: harmless, since every start seeks to the applied offsets instead
             async for event in stream.events():
                 message = event.message
+                clock.arrivals[message.partition] = time.monotonic()
                 await batcher.put(
                     RawClick(
                         message.partition,
@@ -200,6 +231,80 @@ def _update_lag(app: faust.App, topic: str, processor: BatchProcess, lagging: se
     lagging.update(current)
 
 
+def _watch(
+    app: faust.App,
+    settings: Settings,
+    processor: BatchProcess,
+    clock: PartitionClock,
+    watchdog: Watchdog,
+    health: WorkerHealth,
+) -> None:
+    """One look at every prepared clicks partition; log, gauge, readiness and exit on a stall."""
+    now, now_wall = time.monotonic(), time.time()
+    applied = processor.applied_offsets()
+    consumer = app.consumer
+    fetcher = consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+    views: dict[int, PartitionView] = {}
+    for partition, prepared_at in clock.prepared_at.items():
+        tp = TP(settings.topic_clicks, partition)
+        try:
+            highwater = consumer.highwater(tp)
+            polled_ms = fetcher.last_poll_timestamp(tp)  # wall-clock ms of its last Fetch response
+        except AssertionError:  # aiokafka: revoked since the last rebalance
+            continue
+        last_fetch = prepared_at if polled_ms is None else now - (now_wall - polled_ms / 1000)
+        views[partition] = PartitionView(
+            highwater,
+            applied.get(partition, -1),
+            clock.arrivals.get(partition, prepared_at),
+            max(last_fetch, prepared_at),
+        )
+    verdict = watchdog.check(now, views)
+    for reason in verdict.newly_stalled.values():
+        metrics.STALLS.labels(reason).inc()
+    for partition in views:
+        metrics.STALLED.labels(str(partition)).set(1 if partition in verdict.stalled else 0)
+    health.stalled(verdict.stalled)
+    if verdict.newly_stalled:
+        log.error("%s", _stall_message(settings, verdict.newly_stalled, views))
+    if verdict.recovered:
+        log.info("clicks partitions %s are moving again", sorted(verdict.recovered))
+    if verdict.exit_now:
+        log.critical(
+            "clicks partitions %s made no progress for %.0f s after the stall was reported: "
+            "exiting (%d) for a supervisor to restart the worker",
+            sorted(p for p, r in verdict.stalled.items() if r is Reason.NO_PROGRESS),
+            settings.worker_stall_timeout_s + settings.worker_stall_exit_s,
+            EXIT_STALLED,
+        )
+        logging.shutdown()
+        os._exit(EXIT_STALLED)
+
+
+def _stall_message(
+    settings: Settings, stalled: dict[int, Reason], views: dict[int, PartitionView]
+) -> str:
+    topic, servers = settings.topic_clicks, settings.kafka_bootstrap_servers
+    timeout = settings.worker_stall_timeout_s
+    parts = []
+    for partition, reason in sorted(stalled.items()):
+        if reason is Reason.NO_PROGRESS:
+            parts.append(f"{topic}[{partition}]: {views[partition].lag} clicks waiting")
+        else:
+            parts.append(f"{topic}[{partition}]: no Fetch response")
+    hint = (
+        "the broker holds clicks the consumer does not receive; on the embedded broker a Fetch "
+        "returns nothing once listing a partition's record batches takes longer than the fetch "
+        "wait (README, Embedded broker)"
+        if Reason.NO_PROGRESS in stalled.values()
+        else "the broker does not answer"
+    )
+    return (
+        f"STALLED for {timeout:.0f} s: {'; '.join(parts)} (bootstrap servers {servers}): {hint}; "
+        f"/readyz fails until they move again"
+    )
+
+
 def _set_fetch_wait(app: faust.App, wait_ms: int) -> None:
     """Give the clicks consumer a fetch wait of ``wait_ms`` (faust hard-codes 1,500 ms).
 
@@ -239,7 +344,14 @@ def _record_commits(app: faust.App) -> None:
     metrics.LAST_COMMIT.set_to_current_time()
 
 
-def _resume_from_applied_offsets(app: faust.App, topic: str, processor: BatchProcess) -> None:
+def _resume_from_applied_offsets(
+    app: faust.App,
+    topic: str,
+    processor: BatchProcess,
+    health: WorkerHealth,
+    clock: PartitionClock,
+    watchdog: Watchdog,
+) -> None:
     """Make every rebalance resume each clicks partition after its last *applied* offset.
 
     faust seeks assigned partitions to their committed offsets (``perform_seek``) while the
@@ -253,12 +365,18 @@ def _resume_from_applied_offsets(app: faust.App, topic: str, processor: BatchPro
     async def seek_to_applied() -> Mapping[TP, int]:
         committed = dict(await seek_to_committed())
         ours = {tp for tp in consumer.assignment() if tp.topic == topic}
+        partitions = {tp.partition for tp in ours}
+        health.assigned(partitions)
+        watchdog.forget(set(clock.prepared_at) - partitions)
+        clock.prepared(set())  # the watchdog waits until they are restored
         if not ours:
             return committed
         try:
-            resume = await processor.prepare({tp.partition for tp in ours})
+            resume = await processor.prepare(partitions)
         except BrokenProcessPool as e:
             _crash(e)
+        health.restored(partitions)
+        clock.prepared(partitions)
         for tp in ours:
             offset = resume[tp.partition]
             if committed.get(tp) != offset:
@@ -281,11 +399,18 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     mode.loop.use(settings.worker_event_loop)
     ensure_worker_topics(settings)
     processor = BatchProcess(settings, loglevel)
-    processor.start()
+    version = processor.start()
+    health = WorkerHealth(HEARTBEAT_TIMEOUT_S, processor.alive)
+    health.model_loaded(version)
     if processor.metrics_port is not None:
         metrics.WORKER_REGISTRY.register(ChildMetrics(processor.metrics_port))
-    serve_metrics(settings.metrics_host, settings.metrics_port, metrics.WORKER_REGISTRY)
-    app = create_app(settings, processor)
+    endpoints.serve(
+        settings.metrics_host,
+        settings.metrics_port,
+        metrics.WORKER_REGISTRY,
+        {"/healthz": health.live, "/readyz": health.ready},
+    )
+    app = create_app(settings, processor, health)
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False)
     try:
         worker.execute_from_commandline()

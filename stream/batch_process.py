@@ -84,14 +84,17 @@ class BatchProcess:
         self.pid: int | None = None
         self.metrics_port: int | None = None
 
-    def start(self) -> None:
-        """Spawn the child and build its processor; raises what building it raised."""
+    def start(self) -> int:
+        """Spawn the child and build its processor; the model version it serves.
+
+        Raises what building the processor raised (e.g. no model to serve)."""
         # The first submit spawns the child from this (the main) thread, the one whose death
         # PR_SET_PDEATHSIG watches.
-        self.pid, self.metrics_port = self._pool.submit(_child_started).result()
+        self.pid, self.metrics_port, version = self._pool.submit(_child_started).result()
         log.info(
             "batch process %d ready (metrics on loopback port %s)", self.pid, self.metrics_port
         )
+        return version
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         job = self._pool.submit(fn, *args)
@@ -115,8 +118,9 @@ class BatchProcess:
         self._applied = {**self._applied, **{p: offset - 1 for p, offset in resume.items()}}
         return resume
 
-    async def refresh_model(self) -> None:
-        await self._call(_child_refresh_model)
+    async def refresh_model(self) -> int:
+        """Swap in the registry's new current version, if any; the version served now."""
+        return await self._call(_child_refresh_model)
 
     async def update_store_metrics(self) -> None:
         await self._call(_child_update_store_metrics)
@@ -124,6 +128,23 @@ class BatchProcess:
     def applied_offsets(self) -> dict[int, int]:
         """{partition: last applied offset} as of the last batch or rebalance (no call)."""
         return dict(self._applied)
+
+    def alive(self) -> bool:
+        """The child exists and is not a zombie (no call: safe from any thread)."""
+        if self.pid is None:
+            return False
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return False
+        except OSError:  # no /proc: at least it exists
+            try:
+                os.kill(self.pid, 0)
+            except OSError:
+                return False
+            return True
+        return state not in ("Z", "X")
 
     def close(self) -> None:
         """Close the processor (producer flushed, RocksDB closed) and wait for the child."""
@@ -203,10 +224,10 @@ def _child_start(settings: Settings, parent_pid: int, loglevel: str) -> None:
         _start_error = e
 
 
-def _child_started() -> tuple[int, int | None]:
+def _child_started() -> tuple[int, int | None, int]:
     if _start_error is not None:
         raise _start_error
-    return os.getpid(), _metrics_port
+    return os.getpid(), _metrics_port, _processor.scorer.version
 
 
 def _child_process(batch: list[RawClick], assigned: set[int]) -> Outcome:
@@ -218,8 +239,9 @@ def _child_prepare(partitions: set[int]) -> dict[int, int]:
     return _processor.prepare(partitions)
 
 
-def _child_refresh_model() -> None:
+def _child_refresh_model() -> int:
     _processor.refresh_model()
+    return _processor.scorer.version
 
 
 def _child_update_store_metrics() -> None:

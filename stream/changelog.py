@@ -95,9 +95,7 @@ class ChangelogReader:
                 "enable.partition.eof": True,
                 # an offset past the end means the broker lost the topic: say so, don't guess
                 "auto.offset.reset": "error",
-                # short: an empty partition answers EOF only when the wait is over; on Tansu's
-                # s3:// engine it must exceed an S3 read or no Fetch ever returns data
-                "fetch.wait.max.ms": self._settings.worker_fetch_max_wait_ms,
+                "fetch.wait.max.ms": self._settings.worker_restore_fetch_max_wait_ms,
             },
         )
         return Consumer(conf)

@@ -48,11 +48,10 @@ from model.finetune import (
 )
 from model.glintru import GlintRU
 from model.registry import Registry
-from stream import metrics
+from stream import endpoints, metrics
 from stream.broker import ensure_topics
 from stream.clicks import Click, parse_click
 from stream.finetune_store import RecentClicks, StoredClick
-from stream.metrics import serve_metrics
 from stream.scoring import ModelNotFoundError
 from stream.settings import Settings
 
@@ -363,7 +362,9 @@ def run_finetune(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         # finish the batch (or run) in hand, then leave the group cleanly
         signal.signal(signum, lambda *_: stop.set())
-    serve_metrics(settings.metrics_host, settings.finetune_metrics_port, metrics.FINETUNE_REGISTRY)
+    endpoints.serve(
+        settings.metrics_host, settings.finetune_metrics_port, metrics.FINETUNE_REGISTRY
+    )
     job = FinetuneJob(settings, options)
     try:
         job.consume(stop.is_set)

@@ -10,15 +10,14 @@ in the name, ``_total`` on counters, ``_timestamp_seconds`` on unix-time gauges.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-log = logging.getLogger(__name__)
+from stream.watchdog import Reason
 
 # Latency buckets: 1 ms doubling up to 16.4 s (15 buckets) cover the 1 ms - 10 s range with a
 # worst-case quantile error of one bucket width (a factor of 2) anywhere in it.
@@ -146,6 +145,22 @@ CONSUMER_LAG = Gauge(
     ["topic", "partition"],
     registry=_C,
 )
+STALLED = Gauge(
+    "glintstream_consumer_stalled",
+    "1 while the watchdog calls this clicks partition stalled (clicks waiting and none "
+    "arriving, or no Fetch response, for worker_stall_timeout_s), else 0.",
+    ["partition"],
+    registry=_C,
+)
+STALLS = Counter(
+    "glintstream_consumer_stalls_total",
+    "Stalls the watchdog reported, by reason: no_progress (clicks waiting, none arriving) or "
+    "no_fetch (no Fetch response: the broker is lost or paused).",
+    ["reason"],
+    registry=_C,
+)
+for _reason in Reason:  # every label value exists from the start, at 0
+    STALLS.labels(_reason)
 LAST_COMMIT = Gauge(
     "glintstream_last_commit_timestamp_seconds",
     "Unix time of the last successful Kafka offset commit (the worker's start before the "
@@ -239,17 +254,3 @@ def record_finetune_run(outcome: str) -> None:
         FINETUNE_REJECTED_IN_A_ROW.inc()
     elif outcome == RUN_PUBLISHED:
         FINETUNE_REJECTED_IN_A_ROW.set(0)
-
-
-def serve_metrics(host: str, port: int, registry: CollectorRegistry) -> None:
-    """Expose ``registry`` on http://host:port/metrics; port 0 disables it.
-
-    A busy port is logged, not fatal: serving recommendations matters more than its metrics.
-    """
-    if not port:
-        return
-    try:
-        start_http_server(port, addr=host, registry=registry)
-        log.info("metrics on http://%s:%d/metrics", host, port)
-    except OSError as e:
-        log.warning("metrics not served on %s:%d: %s", host, port, e)

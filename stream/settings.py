@@ -95,8 +95,12 @@ class Settings(BaseSettings):
     worker_torch_threads: int = 1  # intra-op threads in the batch process
     # faust's event loop: uvloop (libuv) spends less of the loop's time per click than asyncio's
     worker_event_loop: Literal["uvloop", "aio"] = "uvloop"
-    # Tansu holds an empty Fetch for the whole wait, even when clicks arrive: keep it short
-    worker_fetch_max_wait_ms: int = 10
+    # The clicks consumer's fetch wait. The embedded broker answers an empty Fetch only after
+    # waiting (up to half of this) for data, so it adds latency at low rates; and it lists
+    # every record batch of a partition per Fetch, giving up when that takes longer than the
+    # wait: ~1,000 batches per ms, so the wait also bounds how long a partition can grow
+    # before the consumer receives nothing (README, Embedded broker).
+    worker_fetch_max_wait_ms: int = 25
     # Tansu holds a JoinGroup for half of this; faust's 60 s default means 30 s rebalances.
     worker_session_timeout_s: float = 8.0
     worker_commit_interval_s: float = 1.0  # bounds the re-read (never re-applied) after a crash
@@ -106,6 +110,17 @@ class Settings(BaseSettings):
     worker_delivery_attempts: int = 8
     worker_delivery_backoff_max_s: float = 30.0
     worker_restore_timeout_s: float = 120.0  # changelog catch-up after one rebalance
+    # The changelog catch-up's fetch wait. The embedded broker lists every record batch of a
+    # partition per Fetch and returns nothing if that takes longer than the wait, so a long
+    # changelog needs a long wait; it costs one wait per empty partition at the end.
+    worker_restore_fetch_max_wait_ms: int = 500
+    # The watchdog (stream/watchdog.py) calls a partition stalled when clicks wait and none
+    # arrives, or no Fetch response comes, for this long: ERROR log, glintstream_consumer_stalled,
+    # /readyz fails ...
+    worker_stall_timeout_s: float = 30.0
+    # ... and when a partition makes no progress for this long more, the worker exits (75) for a
+    # supervisor to restart it (a lost broker is waited for instead: restarting cannot help).
+    worker_stall_exit_s: float = 60.0
     # RocksDB memory: one block cache shared by all partition DBs + small memtables per DB
     # (faust's default would be a 2 GiB block cache per partition).
     rocksdb_block_cache_mb: int = 32
