@@ -82,9 +82,9 @@ def table(checkpoints: tuple[Path, ...]) -> None:
 
 
 @bench.command()
-@click.option("--steps", type=int, default=2, show_default=True)
-@click.option("--batches-per-step", type=int, default=10_000, show_default=True)
-@click.option("--samples", type=int, default=200, show_default=True, help="timed messages each")
+@click.option("--steps", type=int, default=8, show_default=True)
+@click.option("--batches-per-step", type=int, default=5_000, show_default=True)
+@click.option("--samples", type=int, default=50, show_default=True, help="timed messages each")
 @click.option(
     "--work-dir",
     type=click.Path(path_type=Path),
@@ -92,16 +92,30 @@ def table(checkpoints: tuple[Path, ...]) -> None:
     show_default=True,
 )
 def broker(steps: int, batches_per_step: int, samples: int, work_dir: Path) -> None:
-    """The embedded broker's ack and produce->consume latency vs record batches in a partition."""
-    from bench.broker_latency import QUANTILES, run
+    """The embedded broker's Fetch and ack latency vs record batches in a partition."""
+    from bench.broker_latency import (
+        LONG_FETCH_WAIT_MS,
+        QUANTILES,
+        WORKER_FETCH_WAIT_MS,
+        run,
+    )
 
     q = " / ".join(f"p{q}" for q in QUANTILES)
-    click.echo(f"| batches in the partition | produce ack ms ({q}) | produce->consume ms ({q}) |")
-    click.echo("|---:|---|---|")
+    short, long = WORKER_FETCH_WAIT_MS, LONG_FETCH_WAIT_MS
+    click.echo(
+        f"| batches in the partition | produce ack ms ({q}) | produce->consume ms ({q}), "
+        f"wait {short} ms | last record fetched in (ms), wait {short} / {long} ms |"
+    )
+    click.echo("|---:|---|---|---|")
+
+    def ms(value: float | None) -> str:
+        return "nothing" if value is None else f"{value:.1f}"
+
     for step in run(work_dir, steps, batches_per_step, samples):
         ack = " / ".join(f"{v:.2f}" for v in step.ack_ms)
-        e2e = " / ".join(f"{v:.2f}" for v in step.e2e_ms)
-        click.echo(f"| {step.batches:,} | {ack} | {e2e} |")
+        e2e = "nothing" if step.e2e_ms is None else " / ".join(f"{v:.2f}" for v in step.e2e_ms)
+        fetch = " / ".join(ms(step.fetch_ms[w]) for w in (short, long))
+        click.echo(f"| {step.batches:,} | {ack} | {e2e} | {fetch} |")
 
 
 @bench.command()
@@ -262,3 +276,78 @@ def stream(
         f"{overrides}; raw latencies {work_dir}/latency.csv"
     )
     click.echo(result.table())
+
+
+@bench.command()
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("checkpoints/ml-1m"),
+    show_default=True,
+)
+@click.option("--dataset", default="ml-1m", show_default=True, help="clicks, in time order")
+@click.option("--rate", type=float, default=1000.0, show_default=True, help="clicks/s")
+@click.option("--minutes", type=int, default=30, show_default=True, help="rows of the table")
+@click.option("--row-seconds", type=float, default=60.0, show_default=True)
+@click.option("--kill-at", type=int, default=20, show_default=True, help="row; -1 = never")
+@click.option("--partitions", type=int, help="of the worker's topics [its default]")
+@click.option("--reader-fetch-wait-ms", type=int, default=100, show_default=True)
+@click.option("--no-stall-check", is_flag=True, help="skip pausing the broker at the end")
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".run/bench-soak"),
+    show_default=True,
+)
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path),
+    default=Path("docs/figures/soak.png"),
+    show_default=True,
+)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A worker setting.")
+@click.option("--quick", is_flag=True, help="<= 2 minutes: four 15 s rows at 200 clicks/s.")
+def soak(
+    checkpoint: Path,
+    dataset: str,
+    rate: float,
+    minutes: int,
+    row_seconds: float,
+    kill_at: int,
+    partitions: int | None,
+    reader_fetch_wait_ms: int,
+    no_stall_check: bool,
+    work_dir: Path,
+    plot: Path,
+    sets: tuple[str, ...],
+    quick: bool,
+) -> None:
+    """The whole system for N minutes at a fixed rate: every click answered? latency, memory."""
+    import logging
+    import shutil
+
+    from bench.soak import Soak, SoakConfig
+    from bench.stream import machine
+    from stream.cli import parse_sets
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    shutil.rmtree(work_dir, ignore_errors=True)
+    config = SoakConfig(
+        checkpoint=checkpoint,
+        dataset=dataset,
+        rate=rate,
+        rows=minutes,
+        row_s=row_seconds,
+        kill_row=None if kill_at < 0 else kill_at,
+        partitions=partitions,
+        reader_fetch_wait_ms=reader_fetch_wait_ms,
+        stall_check=not no_stall_check,
+        work_dir=work_dir,
+        plot=plot,
+        worker_settings=parse_sets(sets),
+    )
+    result = Soak(config.quick() if quick else config).run()
+    click.echo(f"machine: {machine()}; raw rows {work_dir}/acks.csv, recs.csv, rows.csv")
+    click.echo(result.table())
+    if not all(met for _, _, met in result.verdicts()):
+        raise SystemExit(1)

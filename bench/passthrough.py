@@ -26,6 +26,10 @@ CONSUME_MAX = 1000  # messages per consume() call of the raw loop
 FIRST_INPUT_MARK = "first input read at monotonic"
 CONSUME_WAIT_S = 0.1
 
+# The raw floor's producer batches as it did when its figures were taken (a throughput floor:
+# a long linger would only delay its last outputs).
+RAW_LINGER_MS = 5
+
 
 def run_faust(settings: Settings, source: str, sink: str, group: str) -> None:
     import faust
@@ -59,7 +63,7 @@ def run_raw(settings: Settings, source: str, sink: str, group: str) -> None:
     consumer = Consumer(settings.confluent_consumer_config(group, **{"enable.auto.commit": False}))
     partitions = consumer.list_topics(source, timeout=10).topics[source].partitions
     consumer.assign([TopicPartition(source, p, 0) for p in partitions])
-    producer = Producer(producer_config(settings))
+    producer = Producer(producer_config(settings, RAW_LINGER_MS))
     stopping = False
 
     def produce(value: bytes | None, key: bytes | None) -> None:

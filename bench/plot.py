@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from bench.soak import SoakResult
     from bench.stream import Latency
 
 
@@ -33,6 +34,42 @@ def latency_plot(latencies: list[Latency], path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title("glintstream worker: latency at fixed offered rates")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def soak_plot(result: SoakResult, path: Path) -> Path:
+    """Latency (p50, p99 per row) and memory (broker, worker) over the soak."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result.rows
+    x = [r.index for r in rows]
+    unit = "minute" if result.config.row_s == 60 else f"{result.config.row_s:.0f}-second row"
+    fig, (lat, mem) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    lat.plot(x, [r.p99_ms for r in rows], marker="o", label="p99")
+    lat.plot(x, [r.p50_ms for r in rows], marker=".", label="p50")
+    lat.set_yscale("log")
+    lat.set_ylabel("click -> recommendation (ms)")
+    lat.grid(True, which="both", alpha=0.3)
+    lat.legend()
+    mem.plot(x, [r.broker_rss_mib for r in rows], marker="o", label="broker RSS")
+    mem.plot(x, [r.worker_rss_mib for r in rows], marker="o", label="worker RSS (both processes)")
+    mem.set_ylabel("MiB")
+    mem.set_xlabel(unit)
+    mem.grid(True, alpha=0.3)
+    mem.legend()
+    for r in rows:
+        if r.events:
+            for ax in (lat, mem):
+                ax.axvline(r.index, color="grey", linestyle="--", alpha=0.6)
+    c = result.config
+    fig.suptitle(f"glintstream soak: {c.rate:,.0f} clicks/s for {c.seconds / 60:.0f} min")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -46,9 +46,8 @@ def cpu_seconds(pid: int) -> float:
     return total / CLOCK_TICKS
 
 
-def peak_rss_bytes(pid: int) -> int:
-    """Sum of the peak resident set sizes (VmHWM) of the process and its live descendants: an
-    upper bound on their peak together."""
+def _status_bytes(pid: int, field: str) -> int:
+    """Sum of a /proc/<pid>/status memory field (in kB there) over the process tree."""
     total = 0
     for member in process_tree(pid):
         try:
@@ -56,6 +55,29 @@ def peak_rss_bytes(pid: int) -> int:
         except OSError:
             continue
         for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                total += int(line.split()[1]) * 1024  # reported in kB
+            if line.startswith(field + ":"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """Sum of the peak resident set sizes (VmHWM) of the process and its live descendants: an
+    upper bound on their peak together."""
+    return _status_bytes(pid, "VmHWM")
+
+
+def rss_bytes(pid: int) -> int:
+    """Sum of the current resident set sizes (VmRSS) of the process and its live descendants."""
+    return _status_bytes(pid, "VmRSS")
+
+
+def tree_bytes(root: Path) -> int:
+    """Bytes of the files under ``root`` (0 if it does not exist)."""
+    total = 0
+    for path in root.rglob("*"):
+        try:
+            if path.is_file():
+                total += path.stat().st_size
+        except OSError:  # removed while we looked (RocksDB compaction)
+            continue
     return total

@@ -158,6 +158,30 @@ class Broker:
         self.stop()
 
 
+class BrokerUnreachable(RuntimeError):
+    """No broker answered at the configured bootstrap servers."""
+
+
+REACHABLE_TIMEOUT_S = 5.0
+
+
+def ensure_reachable(settings: Settings, timeout_s: float = REACHABLE_TIMEOUT_S) -> None:
+    """Raise ``BrokerUnreachable`` with one line that names the servers, or return.
+
+    librdkafka's own connection errors are silenced here: a closed port would otherwise print
+    a line per retry while the caller waits.
+    """
+    admin = AdminClient({**settings.confluent_config(), "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException as e:
+        raise BrokerUnreachable(
+            f"no Kafka broker answered at {settings.kafka_bootstrap_servers} within "
+            f"{timeout_s:.0f} s ({e.args[0].str() if e.args else e}); start the embedded one "
+            "with `glintstream broker`, or set KAFKA_BOOTSTRAP_SERVERS"
+        ) from None
+
+
 def ensure_topics(
     config: Settings | Mapping[str, Any], names: Iterable[str], partitions: int = 4
 ) -> None:

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from stream.produce import PRODUCE_LINGER_MS
 from stream.settings import Settings
 
 pass_settings = click.make_pass_decorator(Settings)
@@ -19,6 +20,13 @@ pass_settings = click.make_pass_decorator(Settings)
 @click.option("--limit", type=int, help="Stop after N clicks.")
 @click.option("--skip-last", type=int, default=0, show_default=True, help="Hold back K per user.")
 @click.option("--topic", help="Target topic [topic_clicks].")
+@click.option(
+    "--linger-ms",
+    type=click.IntRange(min=0),
+    default=PRODUCE_LINGER_MS,
+    show_default=True,
+    help="Batch clicks for this long: fewer record batches (README, Embedded broker).",
+)
 @click.option("--no-progress", is_flag=True)
 @pass_settings
 def produce(
@@ -30,19 +38,22 @@ def produce(
     limit: int | None,
     skip_last: int,
     topic: str | None,
+    linger_ms: int,
     no_progress: bool,
 ) -> None:
     """Replay a dataset's clicks to the clicks topic in time order, keyed by user id."""
     from model.data import DatasetNotFoundError, load_dataset
+    from stream.broker import BrokerUnreachable, ensure_reachable
     from stream.produce import click_order, iter_clicks, produce_clicks
 
     if users is not None and user_ids is not None:
         raise click.UsageError("--users and --user-ids exclude each other")
     try:
+        ensure_reachable(settings)
         data = load_dataset(dataset, settings.data_dir)
         ids = [u.strip() for u in user_ids.split(",") if u.strip()] if user_ids else None
         order = click_order(data, users=users, user_ids=ids, skip_last=skip_last, limit=limit)
-    except (DatasetNotFoundError, ValueError) as e:
+    except (BrokerUnreachable, DatasetNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     report = produce_clicks(
         settings,
@@ -51,6 +62,7 @@ def produce(
         rate=rate,
         total=len(order),
         progress=not no_progress,
+        linger_ms=linger_ms,
     )
     click.echo(
         f"{report.sent} clicks sent in {report.seconds:.1f} s ({report.rate:.0f}/s): "
@@ -89,15 +101,20 @@ def tail(
     topic: str | None,
 ) -> None:
     """Pretty-print the recommendations stream, one line per message, until Ctrl-C."""
-    from stream.tail import load_titles
+    from stream.broker import BrokerUnreachable, ensure_reachable
+    from stream.tail import TailError, load_titles
     from stream.tail import tail as run_tail
 
-    run_tail(
-        settings,
-        topic=topic,
-        from_beginning=from_beginning,
-        limit=limit,
-        user=user,
-        titles=load_titles(settings, titles),
-        top=top,
-    )
+    try:
+        ensure_reachable(settings)
+        run_tail(
+            settings,
+            topic=topic,
+            from_beginning=from_beginning,
+            limit=limit,
+            user=user,
+            titles=load_titles(settings, titles),
+            top=top,
+        )
+    except (BrokerUnreachable, TailError) as e:
+        raise click.ClickException(str(e)) from None

@@ -22,6 +22,11 @@ from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# The embedded broker's Fetch cost grows with the record batches a partition holds (README,
+# "Embedded broker"); a replay that batches a second of clicks writes one batch per partition
+# per second, so it can run for hours. A replay is not latency-bound: the wait is harmless.
+PRODUCE_LINGER_MS = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class Click:
@@ -128,12 +133,12 @@ class ProduceReport:
         return self.sent / self.seconds if self.seconds > 0 else 0.0
 
 
-def producer_config(settings: Settings) -> dict[str, Any]:
+def producer_config(settings: Settings, linger_ms: int = PRODUCE_LINGER_MS) -> dict[str, Any]:
     return {
         **settings.confluent_config(),
         "acks": "all",
         "enable.idempotence": True,  # retries keep per-partition order (librdkafka + Tansu: ok)
-        "linger.ms": 5,
+        "linger.ms": linger_ms,
         "queue.buffering.max.messages": 200_000,
     }
 
@@ -147,6 +152,7 @@ def produce_clicks(
     total: int | None = None,
     progress: bool = True,
     flush_timeout: float = 60.0,
+    linger_ms: int = PRODUCE_LINGER_MS,
 ) -> ProduceReport:
     """Send clicks keyed by user id; count delivery failures (undelivered at the end = failed)."""
     from confluent_kafka import KafkaError, Message, Producer
@@ -165,7 +171,7 @@ def produce_clicks(
             report.failed += 1
             report.first_error = report.first_error or str(err)
 
-    producer = Producer(producer_config(settings))
+    producer = Producer(producer_config(settings, linger_ms))
     pacer = Pacer(rate)
     bar = tqdm(total=total, unit="click", disable=not progress, smoothing=0.1)
     start = time.monotonic()

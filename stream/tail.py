@@ -96,6 +96,51 @@ def load_titles(settings: Settings, dataset: str = "auto") -> dict[str, str]:
         return {}
 
 
+class TailError(RuntimeError):
+    """The topic does not exist, or the reader stalled: one line, for the CLI to print."""
+
+
+TOPIC_WAIT_S = 30.0  # `make demo` starts the tail with the worker, which creates the topic
+STALL_CHECK_S = 1.0
+
+
+def _partitions(consumer: Any, topic: str, servers: str) -> list[int]:
+    """The topic's partitions, waiting a while for it to appear; never creates it."""
+    deadline = time.monotonic() + TOPIC_WAIT_S
+    while True:
+        metadata = consumer.list_topics(timeout=10).topics.get(topic)
+        if metadata is not None and metadata.error is None and metadata.partitions:
+            return sorted(metadata.partitions)
+        if time.monotonic() > deadline:
+            raise TailError(
+                f"topic {topic} does not exist at {servers} after {TOPIC_WAIT_S:.0f} s; "
+                "the worker creates it when it starts (`glintstream worker`)"
+            )
+        time.sleep(1.0)
+
+
+class StallDetector:
+    """Messages the broker holds (the Fetch high watermark) that never arrive: a stall."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._last: dict[int, float] = {}
+
+    def arrived(self, partition: int, now: float) -> None:
+        self._last[partition] = now
+
+    def stalled(self, behind: dict[int, int], now: float) -> dict[int, int]:
+        """{partition: messages waiting} of those with nothing new for the timeout."""
+        out = {}
+        for partition, waiting in behind.items():
+            last = self._last.setdefault(partition, now)
+            if waiting > 0 and now - last >= self.timeout_s:
+                out[partition] = waiting
+            elif waiting == 0:
+                self._last[partition] = now
+        return out
+
+
 def tail(
     settings: Settings,
     *,
@@ -107,28 +152,37 @@ def tail(
     top: int = 5,
     out: Callable[[str], None] = print,
     idle_timeout: float | None = None,
+    stall_timeout: float | None = None,
 ) -> int:
-    """Print messages until `limit` were printed, `idle_timeout` s pass without one, or Ctrl-C."""
+    """Print messages until `limit` were printed, `idle_timeout` s pass without one, or Ctrl-C.
+
+    Raises ``TailError`` when messages the broker holds do not arrive for ``stall_timeout``
+    seconds (default: the worker's ``worker_stall_timeout_s``).
+    """
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
-    from stream.broker import ensure_topics
-
     topic = topic or settings.topic_recommendations
-    ensure_topics(settings, [topic], settings.partitions)  # as the worker would create it
+    servers = settings.kafka_bootstrap_servers
     conf = {**settings.confluent_config(), "group.id": "glintstream-tail"}
     conf.update({"enable.auto.commit": False, "enable.partition.eof": False})
     consumer = Consumer(conf)
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-    consumer.assign([TopicPartition(topic, p, start) for p in sorted(partitions)])
-    # Tansu's ListOffsets(LATEST) under-reports the log end, so OFFSET_END may replay some
-    # older messages: drop those by their timestamp instead.
-    not_before_ms = 0 if from_beginning else int(time.time() * 1000) - 1000
-    printed, last_seen = 0, time.monotonic()
     try:
+        partitions = _partitions(consumer, topic, servers)
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        assigned = [TopicPartition(topic, p, start) for p in partitions]
+        consumer.assign(assigned)
+        # Tansu's ListOffsets(LATEST) under-reports the log end, so OFFSET_END may replay some
+        # older messages: drop those by their timestamp instead.
+        not_before_ms = 0 if from_beginning else int(time.time() * 1000) - 1000
+        detector = StallDetector(stall_timeout or settings.worker_stall_timeout_s)
+        printed, last_seen, checked = 0, time.monotonic(), time.monotonic()
         while limit is None or printed < limit:
-            if idle_timeout is not None and time.monotonic() - last_seen > idle_timeout:
+            now = time.monotonic()
+            if idle_timeout is not None and now - last_seen > idle_timeout:
                 break
+            if now - checked >= STALL_CHECK_S:
+                checked = now
+                _check_stall(consumer, assigned, detector, now, topic, servers)
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
@@ -136,6 +190,7 @@ def tail(
                 log.warning("consumer error: %s", msg.error())
                 continue
             last_seen = time.monotonic()
+            detector.arrived(int(msg.partition() or 0), last_seen)
             if msg.timestamp()[1] < not_before_ms:
                 continue
             if user is not None and not _is_user(msg.key(), msg.value(), user):
@@ -148,6 +203,30 @@ def tail(
     finally:
         consumer.close()
     return printed
+
+
+def _check_stall(
+    consumer: Any,
+    assigned: list[Any],
+    detector: StallDetector,
+    now: float,
+    topic: str,
+    servers: str,
+) -> None:
+    behind = {}
+    for tp, position in zip(assigned, consumer.position(assigned)):
+        # cached: the high watermark of the last Fetch response (ListOffsets is wrong on Tansu)
+        _, high = consumer.get_watermark_offsets(tp, cached=True)
+        if high >= 0 and position.offset >= 0:
+            behind[tp.partition] = max(0, high - position.offset)
+    stalled = detector.stalled(behind, now)
+    if stalled:
+        waiting = ", ".join(f"{topic}[{p}]: {n}" for p, n in sorted(stalled.items()))
+        raise TailError(
+            f"STALLED: messages wait on the broker at {servers} but none arrives for "
+            f"{detector.timeout_s:.0f} s ({waiting}); on the embedded broker a Fetch returns "
+            "nothing once a partition holds too many record batches (README, Embedded broker)"
+        )
 
 
 def _is_user(key: bytes | None, value: bytes | None, user: str) -> bool:

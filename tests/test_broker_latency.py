@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from bench.broker_latency import QUANTILES, probe
+from bench.broker_latency import LONG_FETCH_WAIT_MS, QUANTILES, WORKER_FETCH_WAIT_MS, probe
 
 
-def test_probe_counts_the_batches_it_appends_and_times_both_paths(bootstrap_servers: str) -> None:
+def test_probe_counts_the_batches_it_appends_and_times_every_path(bootstrap_servers: str) -> None:
     steps = list(probe(bootstrap_servers, steps=2, batches_per_step=30, samples=5))
     # step 0 measures an empty partition; each later step first appends 30 one-record batches,
     # and every step's own samples (5 acked + 5 consumed messages) stay in the partition
     assert [s.batches for s in steps] == [10, 50, 90]
     for step in steps:
+        assert step.e2e_ms is not None  # a few batches: the tail always receives
         for quantiles in (step.ack_ms, step.e2e_ms):
             assert len(quantiles) == len(QUANTILES)
             assert 0 < quantiles[0] <= quantiles[-1] < 5_000
+        for wait in (WORKER_FETCH_WAIT_MS, LONG_FETCH_WAIT_MS):
+            fetched = step.fetch_ms[wait]
+            assert fetched is not None and 0 < fetched < 5_000

@@ -42,3 +42,19 @@ def test_broker_wraps_command(tmp_path: Path) -> None:
     assert proc.stdout.startswith("inner 127.0.0.1:")
     assert "tansu broker 0.6.0" in (run_dir / "broker.log").read_text()
     assert not (run_dir / "broker.pid").exists()  # removed on a clean stop
+
+
+def test_produce_and_tail_without_a_broker_fail_in_one_line() -> None:
+    closed = "127.0.0.1:1"  # nothing listens on port 1
+    for command in (["tail"], ["produce", "--dataset", "synthetic"]):
+        proc = subprocess.run(
+            [glintstream_exe(), "--bootstrap-servers", closed, *command],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert f"no Kafka broker answered at {closed}" in lines[0]
+        assert "glintstream broker" in lines[0]

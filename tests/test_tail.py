@@ -6,9 +6,12 @@ import json
 
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
+import stream.tail
+from stream.broker import ensure_topics
 from stream.settings import Settings
-from stream.tail import format_recommendation, tail
+from stream.tail import StallDetector, TailError, format_recommendation, tail
 
 SAMPLE = {
     "user_id": "42",
@@ -59,7 +62,7 @@ def test_format_junk(value: bytes | None) -> None:
 def test_tail_round_trip(settings: Settings, unique_name) -> None:
     topic = unique_name("recs")
     lines: list[str] = []
-    # creates the topic; nothing in it yet
+    ensure_topics(settings, [topic])  # the worker's job; tail never creates topics
     assert tail(settings, topic=topic, from_beginning=True, idle_timeout=0.5, out=lines.append) == 0
     producer = Producer(settings.confluent_config())
     producer.produce(topic, key=b"42", value=json.dumps(SAMPLE).encode())
@@ -82,3 +85,24 @@ def test_tail_round_trip(settings: Settings, unique_name) -> None:
     lines.clear()
     tail(settings, topic=topic, from_beginning=True, limit=3, out=lines.append, idle_timeout=20)
     assert sum(line.startswith("MALFORMED") for line in lines) == 1
+
+
+def test_tail_never_creates_the_topic(
+    settings: Settings, unique_name, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stream.tail, "TOPIC_WAIT_S", 0.5)
+    topic = unique_name("missing")
+    with pytest.raises(TailError, match=f"topic {topic} does not exist at"):
+        tail(settings, topic=topic, idle_timeout=0.5)
+    admin = AdminClient(settings.confluent_config())
+    assert topic not in admin.list_topics(timeout=10).topics
+
+
+def test_stall_detector_reports_waiting_messages_that_never_arrive() -> None:
+    detector = StallDetector(timeout_s=30)
+    assert detector.stalled({0: 5, 1: 0}, now=0.0) == {}
+    detector.arrived(0, 20.0)
+    assert detector.stalled({0: 5, 1: 0}, now=49.0) == {}  # 29 s since the last arrival
+    assert detector.stalled({0: 5, 1: 0}, now=50.0) == {0: 5}
+    assert detector.stalled({0: 0, 1: 0}, now=100.0) == {}  # caught up: never a stall
+    assert detector.stalled({0: 1, 1: 0}, now=129.0) == {}  # waiting again, timer restarted

@@ -1,0 +1,151 @@
+"""The soak's independent clients, each its own process, as a user's applications would be.
+
+    python -m bench.soak_clients produce BOOTSTRAP TOPIC CLICKS_TSV RATE SECONDS ACKS_CSV
+    python -m bench.soak_clients read BOOTSTRAP TOPIC FETCH_WAIT_MS RECS_CSV
+
+Nothing here imports glintstream: the producer is a plain confluent-kafka ``Producer`` with its
+default settings, one ``produce`` per click at a fixed rate, and the reader a plain
+``Consumer`` of the recommendations. The producer stamps each click's ``ts`` with the moment of
+its ``produce`` call, which the worker echoes as ``click_ts``, so the reader measures
+click -> recommendation latency on this host's clock without joining anything. Both append CSV
+rows as they go (flushed every second) and stop cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+FLUSH_S = 1.0
+ACK_FIELDS = ("seq", "partition", "offset", "produced", "error")
+REC_FIELDS = ("partition", "offset", "click_ts", "published_ts", "received", "model_version")
+
+
+class _Stop:
+    """Set by SIGTERM/SIGINT: finish the current step and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._set)
+
+    def _set(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
+def produce(
+    bootstrap: str, topic: str, clicks: Path, rate: float, seconds: float, out: Path
+) -> int:
+    stop = _Stop()
+    pairs = [line.split("\t") for line in clicks.read_text().splitlines()]
+    producer = Producer({"bootstrap.servers": bootstrap})  # the client's defaults, on purpose
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(ACK_FIELDS)
+        produced: dict[int, float] = {}
+
+        def on_delivery(err: Any, msg: Any, seq: int) -> None:
+            sent = produced.pop(seq)
+            if err is not None:
+                writer.writerow((seq, -1, -1, f"{sent:.6f}", str(err)))
+            else:
+                writer.writerow((seq, msg.partition(), msg.offset(), f"{sent:.6f}", ""))
+
+        start = time.monotonic()
+        last_flush = start
+        seq, total = 0, int(rate * seconds)
+        while not stop.requested and seq < total:
+            due = start + seq / rate
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            user, item = pairs[seq % len(pairs)]
+            lap = seq // len(pairs)  # past the end of the data: the same clicks, new users
+            user_id = user if lap == 0 else f"{user}~{lap}"
+            now = time.time()
+            value = json.dumps({"user_id": user_id, "item_id": item, "ts": now})
+            produced[seq] = now
+            while True:
+                try:
+                    producer.produce(
+                        topic,
+                        value.encode(),
+                        user_id.encode(),
+                        on_delivery=lambda err, msg, seq=seq: on_delivery(err, msg, seq),
+                    )
+                    break
+                except BufferError:  # the client's own queue is full: serve callbacks
+                    producer.poll(0.05)
+            producer.poll(0)
+            seq += 1
+            if time.monotonic() - last_flush > FLUSH_S:
+                f.flush()
+                last_flush = time.monotonic()
+        left = producer.flush(30)
+        for pending in sorted(produced):
+            writer.writerow((pending, -1, -1, f"{produced[pending]:.6f}", "not acked"))
+    print(f"produced {seq} clicks, {left} not acked", file=sys.stderr)
+    return 0
+
+
+def read(bootstrap: str, topic: str, fetch_wait_ms: int, out: Path) -> int:
+    stop = _Stop()
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "soak-reader",  # assigned, not subscribed: nothing is committed
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": fetch_wait_ms,
+        }
+    )
+    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(partitions)])
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(REC_FIELDS)
+        last_flush = time.monotonic()
+        while not stop.requested:
+            for msg in consumer.consume(1000, 0.1):
+                if msg.error() is not None:
+                    continue
+                received = time.time()
+                try:
+                    rec = json.loads(msg.value())
+                    click = rec["click"]
+                    row = (
+                        click["partition"],
+                        click["offset"],
+                        rec["click_ts"],
+                        rec["published_ts"],
+                    )
+                    writer.writerow((*row, received, rec["model_version"]))
+                except (ValueError, KeyError, TypeError):
+                    writer.writerow((-1, -1, 0, 0, received, -1))  # malformed: counted, not fatal
+            if time.monotonic() - last_flush > FLUSH_S:
+                f.flush()
+                last_flush = time.monotonic()
+    consumer.close()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    command, *args = argv
+    if command == "produce":
+        bootstrap, topic, clicks, rate, seconds, out = args
+        return produce(bootstrap, topic, Path(clicks), float(rate), float(seconds), Path(out))
+    if command == "read":
+        bootstrap, topic, wait, out = args
+        return read(bootstrap, topic, int(wait), Path(out))
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

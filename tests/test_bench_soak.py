@@ -1,0 +1,44 @@
+"""`glintstream bench soak --quick` at tiny scale: a real broker, worker, producer and reader
+process, a kill -9 and restart, and a paused broker that every report must show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_bench_stream import checkpoint
+
+from bench.soak import Soak, SoakConfig
+from model.data import synthetic
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_bench_soak_quick(tmp_path: Path) -> None:
+    data = synthetic(num_users=300, num_items=60, min_len=8, max_len=40, seed=5)
+    config = SoakConfig(
+        checkpoint=checkpoint(tmp_path / "model", data.vocab, "streaming"),
+        dataset="synthetic",
+        work_dir=tmp_path / "work",
+        plot=None,  # matplotlib is the bench extra's, not the tests'
+        # the stall is declared sooner than by default, so the check takes seconds
+        worker_settings={"worker_stall_timeout_s": "5"},
+    ).quick()
+    assert config.seconds <= 120
+    result = Soak(config, data=data).run()
+
+    assert result.acked == sum(r.sent for r in result.rows) > 0 and result.failed == 0
+    assert result.missing == 0, result.table()  # every acked click answered, the kill included
+    assert all(r.received > 0 and r.p99_ms > 0 for r in result.rows), result.table()
+    assert all(r.broker_rss_mib > 0 and r.worker_rss_mib > 0 for r in result.rows)
+    assert result.restore_s is not None and "kill -9" in result.rows[2].events
+    assert result.stall is not None
+    reported = result.stall.seconds
+    for report in ("log", "gauge", "readiness"):
+        assert reported[report] is not None and reported[report] <= 60, reported
+    if "alert" in reported:  # Prometheus is installed (make test installs it)
+        assert reported["alert"] is not None and reported["alert"] <= 60, reported
+    rows_csv = (tmp_path / "work" / "rows.csv").read_text().splitlines()
+    assert len(rows_csv) == 1 + config.rows
+    table = result.table()
+    assert "| every acked click answered |" in table and "met |" in table
