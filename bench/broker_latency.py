@@ -26,11 +26,11 @@ import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from stream.broker import Broker, ensure_topics
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 
 TOPIC = "broker-latency"
 PAYLOAD = b"x" * 100  # about a click
-WORKER_FETCH_WAIT_MS = Settings.model_fields["worker_fetch_max_wait_ms"].default
+WORKER_FETCH_WAIT_MS = WorkerSettings.model_fields["fetch_max_wait_ms"].default
 LONG_FETCH_WAIT_MS = 1000
 FETCH_TIMEOUT_S = 10.0  # a fetch not answered in this long counts as "nothing received"
 FILL_FLUSH_EVERY = 100  # one-record batches queued before waiting for their acks

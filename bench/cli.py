@@ -252,7 +252,7 @@ def stream(
     import logging
 
     from bench.stream import StreamBench, StreamBenchConfig, machine
-    from stream.cli import parse_sets
+    from stream.cli.context import parse_sets
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = StreamBenchConfig(
@@ -328,7 +328,7 @@ def soak(
 
     from bench.soak import Soak, SoakConfig
     from bench.stream import machine
-    from stream.cli import parse_sets
+    from stream.cli.context import parse_sets
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     shutil.rmtree(work_dir, ignore_errors=True)

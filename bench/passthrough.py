@@ -36,7 +36,7 @@ def run_faust(settings: Settings, source: str, sink: str, group: str) -> None:
 
     from stream.app import faust_app
 
-    datadir = settings.state_dir / group  # faust creates only the last level
+    datadir = settings.paths.state_dir / group  # faust creates only the last level
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust_app(settings, group, datadir)
     raw: dict[str, Any] = {  # bytes in, the same bytes out: no codec anywhere
@@ -60,7 +60,9 @@ def run_raw(settings: Settings, source: str, sink: str, group: str) -> None:
 
     from stream.produce import producer_config
 
-    consumer = Consumer(settings.confluent_consumer_config(group, **{"enable.auto.commit": False}))
+    consumer = Consumer(
+        settings.kafka.confluent_consumer_config(group, **{"enable.auto.commit": False})
+    )
     partitions = consumer.list_topics(source, timeout=10).topics[source].partitions
     consumer.assign([TopicPartition(source, p, 0) for p in partitions])
     producer = Producer(producer_config(settings, RAW_LINGER_MS))

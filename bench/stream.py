@@ -323,7 +323,7 @@ class OutputReader(threading.Thread):
     def __init__(self, settings: Settings, topic: str, parse: bool = False) -> None:
         super().__init__(daemon=True)
         self.consumer = Consumer(
-            settings.confluent_consumer_config(
+            settings.kafka.confluent_consumer_config(
                 f"reader-{topic}",
                 **{
                     "enable.auto.commit": False,
@@ -478,7 +478,7 @@ class StreamBench:
     # -------------------------------------------------------------- the systems under test
     def _start(self, name: str, command: list[str] | None = None, **env: object) -> WorkerProcess:
         values = {
-            "KAFKA_BOOTSTRAP_SERVERS": self.settings.kafka_bootstrap_servers,
+            "KAFKA_BOOTSTRAP_SERVERS": self.settings.kafka.bootstrap_servers,
             "GLINTSTREAM_PARTITIONS": self.config.partitions,
             "GLINTSTREAM_STATE_DIR": self.work / "state",
             "GLINTSTREAM_REGISTRY_DIR": self.work / "registry-empty",  # serve the checkpoint

@@ -9,7 +9,6 @@ ML-1M's million rows load in well under a second.
 from __future__ import annotations
 
 import gzip
-import os
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -20,7 +19,6 @@ import torch
 from torch import Tensor
 
 PAD = "<pad>"
-DATA_DIR_ENV = "GLINTSTREAM_DATA_DIR"
 
 # name -> files it needs, relative to <data_dir>/<name>/
 DATASET_FILES: dict[str, tuple[str, ...]] = {
@@ -59,11 +57,12 @@ class SequenceData:
 
 
 def default_data_dir() -> Path:
-    """$GLINTSTREAM_DATA_DIR, else the shared datasets next to the repository."""
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+    """The shared datasets next to the repository when they are there, else ``<repo>/data``.
+
+    The one default; ``stream.settings`` reads ``GLINTSTREAM_DATA_DIR`` over it."""
+    repo = Path(__file__).resolve().parents[1]
+    shared = repo.parent / "shared" / "datasets"
+    return shared if shared.is_dir() else repo / "data"
 
 
 def _require(name: str, data_dir: Path) -> list[Path]:
@@ -74,7 +73,7 @@ def _require(name: str, data_dir: Path) -> list[Path]:
             f"dataset {name!r} not found in data dir {data_dir}: expected "
             + ", ".join(str(p) for p in paths)
             + f" (missing: {', '.join(p.name for p in missing)}). "
-            f"Point ${DATA_DIR_ENV} at the folder holding {name}/."
+            f"Point the data dir at the folder holding {name}/."
         )
     return paths
 
@@ -216,7 +215,7 @@ def ml1m_titles(data_dir: str | Path | None = None) -> dict[str, str]:
     id_map, movies = root / "item_id_map_partial.tsv.gz", root / "movies.dat"
     if not id_map.is_file() or not movies.is_file():
         raise DatasetNotFoundError(
-            f"ML-1M titles need {id_map} and {movies}; set ${DATA_DIR_ENV} to their parent"
+            f"ML-1M titles need {id_map} and {movies}; point the data dir at their parent"
         )
     titles: dict[str, str] = {}
     for line in movies.read_text(encoding="iso-8859-1").splitlines():

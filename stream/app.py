@@ -57,13 +57,13 @@ def faust_app(settings: Settings, app_id: str, datadir: Path) -> faust.App:
     benchmark uses the same, so the comparison is engine against engine)."""
     return faust.App(
         app_id,
-        broker=settings.faust_broker_url(),
-        broker_credentials=settings.faust_credentials(),
+        broker=settings.kafka.faust_broker_url(),
+        broker_credentials=settings.kafka.faust_credentials(),
         processing_guarantee="at_least_once",
-        broker_session_timeout=settings.worker_session_timeout_s,
+        broker_session_timeout=settings.worker.session_timeout_s,
         broker_heartbeat_interval=1.0,
-        broker_commit_interval=settings.worker_commit_interval_s,
-        topic_partitions=settings.partitions,
+        broker_commit_interval=settings.worker.commit_interval_s,
+        topic_partitions=settings.topics.partitions,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         web_enabled=False,
@@ -87,20 +87,20 @@ class PartitionClock:
 
 def create_app(settings: Settings, processor: BatchProcess, health: WorkerHealth) -> faust.App:
     # faust keeps nothing in its datadir (no tables), but two workers must never share one
-    datadir = settings.state_dir / settings.worker_id / "faust"
+    datadir = settings.paths.state_dir / settings.worker.id / "faust"
     datadir.mkdir(parents=True, exist_ok=True)
-    app = faust_app(settings, settings.worker_app_id, datadir)
+    app = faust_app(settings, settings.worker.app_id, datadir)
     clock = PartitionClock()
-    watchdog = Watchdog(settings.worker_stall_timeout_s, settings.worker_stall_exit_s)
+    watchdog = Watchdog(settings.worker.stall_timeout_s, settings.worker.stall_exit_s)
     clicks = app.topic(
-        settings.topic_clicks,
+        settings.topics.clicks,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
         value_serializer="raw",  # we parse ourselves: junk must never reach a codec
     )
-    _set_fetch_wait(app, settings.worker_fetch_max_wait_ms)
-    _resume_from_applied_offsets(app, settings.topic_clicks, processor, health, clock, watchdog)
+    _set_fetch_wait(app, settings.worker.fetch_max_wait_ms)
+    _resume_from_applied_offsets(app, settings.topics.clicks, processor, health, clock, watchdog)
     _record_commits(app)
 
     @app.timer(WATCH_INTERVAL_S)
@@ -111,7 +111,7 @@ def create_app(settings: Settings, processor: BatchProcess, health: WorkerHealth
         except Exception:  # the watchdog must never be what takes the worker down
             log.warning("the stall watchdog failed", exc_info=True)
 
-    @app.timer(settings.model_check_interval_s)
+    @app.timer(settings.worker.model_check_interval_s)
     async def refresh_model() -> None:
         # in the batch process, so a swap always falls between two batches
         try:
@@ -127,7 +127,7 @@ def create_app(settings: Settings, processor: BatchProcess, health: WorkerHealth
     async def refresh_lag() -> None:
         # here, not in the batch process: a stuck batch must show as growing lag
         try:
-            _update_lag(app, settings.topic_clicks, processor, lagging)
+            _update_lag(app, settings.topics.clicks, processor, lagging)
         except Exception:
             log.warning("cannot update the lag metrics", exc_info=True)
 
@@ -144,7 +144,7 @@ def create_app(settings: Settings, processor: BatchProcess, health: WorkerHealth
     async def process_clicks(stream: faust.StreamT) -> None:
         # The consumer loop below fills the next batch while this task runs the current one.
         batcher: MicroBatcher[RawClick] = MicroBatcher(
-            settings.batch_max_size, settings.batch_max_ms / 1000
+            settings.worker.batch_max_size, settings.worker.batch_max_ms / 1000
         )
         batches = asyncio.ensure_future(_run_batches(app, settings, processor, batcher))
         batches.add_done_callback(_exit_if_crashed)
@@ -186,11 +186,11 @@ async def _run_batches(
     while True:
         batch = await batcher.get()
         assigned = {
-            tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_clicks
+            tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topics.clicks
         }
         seeks = await processor.process(batch, assigned)
         for partition, offset in seeks.items():
-            await app.consumer.seek(TP(settings.topic_clicks, partition), offset)
+            await app.consumer.seek(TP(settings.topics.clicks, partition), offset)
 
 
 def _exit_if_crashed(task: asyncio.Future) -> None:
@@ -246,7 +246,7 @@ def _watch(
     fetcher = consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
     views: dict[int, PartitionView] = {}
     for partition, prepared_at in clock.prepared_at.items():
-        tp = TP(settings.topic_clicks, partition)
+        tp = TP(settings.topics.clicks, partition)
         try:
             highwater = consumer.highwater(tp)
             polled_ms = fetcher.last_poll_timestamp(tp)  # wall-clock ms of its last Fetch response
@@ -274,7 +274,7 @@ def _watch(
             "clicks partitions %s made no progress for %.0f s after the stall was reported: "
             "exiting (%d) for a supervisor to restart the worker",
             sorted(p for p, r in verdict.stalled.items() if r is Reason.NO_PROGRESS),
-            settings.worker_stall_timeout_s + settings.worker_stall_exit_s,
+            settings.worker.stall_timeout_s + settings.worker.stall_exit_s,
             EXIT_STALLED,
         )
         logging.shutdown()
@@ -284,8 +284,8 @@ def _watch(
 def _stall_message(
     settings: Settings, stalled: dict[int, Reason], views: dict[int, PartitionView]
 ) -> str:
-    topic, servers = settings.topic_clicks, settings.kafka_bootstrap_servers
-    timeout = settings.worker_stall_timeout_s
+    topic, servers = settings.topics.clicks, settings.kafka.bootstrap_servers
+    timeout = settings.worker.stall_timeout_s
     parts = []
     for partition, reason in sorted(stalled.items()):
         if reason is Reason.NO_PROGRESS:
@@ -396,7 +396,7 @@ def _resume_from_applied_offsets(
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run until SIGTERM/SIGINT (exit 0) or a crash (non-zero). Never returns."""
-    mode.loop.use(settings.worker_event_loop)
+    mode.loop.use(settings.worker.event_loop)
     ensure_worker_topics(settings)
     processor = BatchProcess(settings, loglevel)
     version = processor.start()
@@ -405,8 +405,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     if processor.metrics_port is not None:
         metrics.WORKER_REGISTRY.register(ChildMetrics(processor.metrics_port))
     endpoints.serve(
-        settings.metrics_host,
-        settings.metrics_port,
+        settings.metrics.host,
+        settings.metrics.port,
         metrics.WORKER_REGISTRY,
         {"/healthz": health.live, "/readyz": health.ready},
     )

@@ -174,23 +174,23 @@ class ChildMetrics(Collector):
 
 # ---------------------------------------------------------------------- in the child
 def build_processor(settings: Settings) -> ClickProcessor:
-    torch.set_num_threads(settings.worker_torch_threads)
+    torch.set_num_threads(settings.worker.torch_threads)
     models = ModelSource(
-        settings.registry_dir,
-        settings.checkpoint_dir,
+        settings.paths.registry_dir,
+        settings.paths.checkpoint_dir,
         settings.torch_device(),
-        settings.top_k,
-        settings.mask_seen,
-        settings.scoring_mode,
+        settings.worker.top_k,
+        settings.worker.mask_seen,
+        settings.worker.scoring_mode,
     )
     options = StoreOptions(
-        settings.rocksdb_block_cache_mb,
-        settings.rocksdb_write_buffer_mb,
-        settings.rocksdb_max_write_buffers,
+        settings.rocksdb.block_cache_mb,
+        settings.rocksdb.write_buffer_mb,
+        settings.rocksdb.max_write_buffers,
     )
     return ClickProcessor(
         settings,
-        StateStore(settings.state_dir / settings.worker_id / "users", options),
+        StateStore(settings.paths.state_dir / settings.worker.id / "users", options),
         Publisher(settings),
         ChangelogReader(settings),
         models,

@@ -171,12 +171,12 @@ def ensure_reachable(settings: Settings, timeout_s: float = REACHABLE_TIMEOUT_S)
     librdkafka's own connection errors are silenced here: a closed port would otherwise print
     a line per retry while the caller waits.
     """
-    admin = AdminClient({**settings.confluent_config(), "log_level": 0})
+    admin = AdminClient({**settings.kafka.confluent_config(), "log_level": 0})
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException as e:
         raise BrokerUnreachable(
-            f"no Kafka broker answered at {settings.kafka_bootstrap_servers} within "
+            f"no Kafka broker answered at {settings.kafka.bootstrap_servers} within "
             f"{timeout_s:.0f} s ({e.args[0].str() if e.args else e}); start the embedded one "
             "with `glintstream broker`, or set KAFKA_BOOTSTRAP_SERVERS"
         ) from None
@@ -187,7 +187,7 @@ def ensure_topics(
 ) -> None:
     """Create missing topics. Existing ones are left alone: Tansu cannot add partitions."""
     conf: dict[str, Any] = (
-        config.confluent_config() if isinstance(config, Settings) else dict(config)
+        config.kafka.confluent_config() if isinstance(config, Settings) else dict(config)
     )
     admin = AdminClient(conf)
     existing = admin.list_topics(timeout=10).topics

@@ -45,22 +45,22 @@ def ensure_worker_topics(settings: Settings) -> None:
         try:
             ensure_topics(
                 settings,
-                [settings.topic_clicks, settings.topic_recommendations, settings.topic_dlq],
-                settings.partitions,
+                [settings.topics.clicks, settings.topics.recommendations, settings.topics.dlq],
+                settings.topics.partitions,
             )
             break
         except KafkaException as e:
             if time.monotonic() > deadline:
                 raise
-            log.info("waiting for the broker at %s: %s", settings.kafka_bootstrap_servers, e)
-    admin = AdminClient(settings.confluent_config())
+            log.info("waiting for the broker at %s: %s", settings.kafka.bootstrap_servers, e)
+    admin = AdminClient(settings.kafka.confluent_config())
     topics = admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
-    if settings.topic_state_changelog not in topics:
+    if settings.topics.state_changelog not in topics:
         # Compacted: only the last record per user matters. If another worker won the race to
         # create it, the partition check below still holds.
         new = NewTopic(
-            settings.topic_state_changelog,
-            num_partitions=len(topics[settings.topic_clicks].partitions),
+            settings.topics.state_changelog,
+            num_partitions=len(topics[settings.topics.clicks].partitions),
             config={"cleanup.policy": "compact"},
         )
         for future in admin.create_topics([new]).values():
@@ -70,12 +70,12 @@ def ensure_worker_topics(settings: Settings) -> None:
                 if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise
         topics = admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
-    n_clicks = len(topics[settings.topic_clicks].partitions)
-    n_changelog = len(topics[settings.topic_state_changelog].partitions)
+    n_clicks = len(topics[settings.topics.clicks].partitions)
+    n_changelog = len(topics[settings.topics.state_changelog].partitions)
     if n_clicks != n_changelog:
         raise RuntimeError(
-            f"{settings.topic_clicks} has {n_clicks} partitions but the state changelog "
-            f"{settings.topic_state_changelog} has {n_changelog}: they must match"
+            f"{settings.topics.clicks} has {n_clicks} partitions but the state changelog "
+            f"{settings.topics.state_changelog} has {n_changelog}: they must match"
         )
 
 
@@ -84,18 +84,18 @@ class ChangelogReader:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self.topic = settings.topic_state_changelog
-        self._timeout_s = settings.worker_restore_timeout_s
+        self.topic = settings.topics.state_changelog
+        self._timeout_s = settings.worker.restore_timeout_s
 
     def _consumer(self) -> Consumer:
-        conf = self._settings.confluent_consumer_config(
-            f"{self._settings.worker_app_id}-restore-{uuid.uuid4().hex[:8]}",  # never commits
+        conf = self._settings.kafka.confluent_consumer_config(
+            f"{self._settings.worker.app_id}-restore-{uuid.uuid4().hex[:8]}",  # never commits
             **{
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 # an offset past the end means the broker lost the topic: say so, don't guess
                 "auto.offset.reset": "error",
-                "fetch.wait.max.ms": self._settings.worker_restore_fetch_max_wait_ms,
+                "fetch.wait.max.ms": self._settings.worker.restore_fetch_max_wait_ms,
             },
         )
         return Consumer(conf)

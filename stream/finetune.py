@@ -67,49 +67,6 @@ PUBLISHED, REJECTED, SKIPPED, FAILED = "published", "rejected", "skipped", "fail
 # The job's metrics live in stream.metrics (FINETUNE_*), served from FINETUNE_REGISTRY.
 
 
-@dataclass(frozen=True)
-class FinetuneOptions:
-    """What a run does; ``from_settings`` is the production source, tests pass their own."""
-
-    group_id: str
-    every_clicks: int
-    every_s: float
-    steps: int
-    lr: float
-    batch_size: int
-    holdout_users: int
-    min_holdout_users: int
-    tolerance: float
-    user_clicks: int
-    max_users: int
-    new_item_min_clicks: int
-    keep_versions: int
-    block_cache_mb: int
-    torch_threads: int
-    seed: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> FinetuneOptions:
-        return cls(
-            group_id=settings.finetune_group_id,
-            every_clicks=settings.finetune_every_clicks,
-            every_s=settings.finetune_every_s,
-            steps=settings.finetune_steps,
-            lr=settings.finetune_lr,
-            batch_size=settings.finetune_batch_size,
-            holdout_users=settings.finetune_holdout_users,
-            min_holdout_users=settings.finetune_min_holdout_users,
-            tolerance=settings.finetune_tolerance,
-            user_clicks=settings.finetune_user_clicks,
-            max_users=settings.finetune_max_users,
-            new_item_min_clicks=settings.finetune_new_item_min_clicks,
-            keep_versions=settings.finetune_keep_versions,
-            block_cache_mb=settings.finetune_block_cache_mb,
-            torch_threads=settings.finetune_torch_threads,
-            seed=settings.finetune_seed,
-        )
-
-
 @dataclass
 class RunResult:
     outcome: str  # PUBLISHED, REJECTED, SKIPPED or FAILED
@@ -120,17 +77,17 @@ class RunResult:
 
 
 class FinetuneJob:
-    def __init__(self, settings: Settings, options: FinetuneOptions) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.options = options
-        self.root = settings.state_dir / "finetune"
-        self.registry = Registry(settings.registry_dir, keep=options.keep_versions)
+        self.options = options = settings.finetune
+        self.root = settings.paths.state_dir / "finetune"
+        self.registry = Registry(settings.paths.registry_dir, keep=options.keep_versions)
         self.store = RecentClicks(
             self.root / "recent",
             options.user_clicks,
             options.max_users,
             options.block_cache_mb,
-            settings.rocksdb_write_buffer_mb,
+            settings.rocksdb.write_buffer_mb,
         )
         self.device = settings.torch_device()
         self.runs = 0
@@ -147,12 +104,12 @@ class FinetuneJob:
         info = self.registry.current()
         if info is not None:
             path, version = info.path, info.version
-        elif (self.settings.checkpoint_dir / MANIFEST).is_file():
-            path, version = self.settings.checkpoint_dir, None
+        elif (self.settings.paths.checkpoint_dir / MANIFEST).is_file():
+            path, version = self.settings.paths.checkpoint_dir, None
         else:
             raise ModelNotFoundError(
                 f"nothing to fine-tune: no current version in {self.registry.root} and no "
-                f"checkpoint in {self.settings.checkpoint_dir}"
+                f"checkpoint in {self.settings.paths.checkpoint_dir}"
             )
         model, manifest = load_checkpoint(path, device=self.device)
         if not isinstance(model, GlintRU):
@@ -248,7 +205,7 @@ class FinetuneJob:
         """Tell `model-updates` readers; the registry, not this message, is the truth, so a lost
         announcement is logged and the version stays published (workers poll CURRENT)."""
         if self._producer is None:
-            self._producer = Producer({**self.settings.confluent_config(), "acks": "all"})
+            self._producer = Producer({**self.settings.kafka.confluent_config(), "acks": "all"})
         message = {
             "version": version,
             "parent": parent,
@@ -259,7 +216,7 @@ class FinetuneJob:
         }
         errors: list[KafkaError] = []
         self._producer.produce(
-            self.settings.topic_model_updates,
+            self.settings.topics.model_updates,
             json.dumps(message).encode(),
             str(version).encode(),
             on_delivery=lambda err, _msg: errors.append(err) if err else None,
@@ -308,15 +265,17 @@ class FinetuneJob:
     def consume(self, should_stop: Callable[[], bool]) -> None:
         """Consume clicks and run on schedule until ``should_stop()``."""
         s = self.settings
-        ensure_topics(s, [s.topic_clicks, s.topic_model_updates], s.partitions)
+        ensure_topics(s, [s.topics.clicks, s.topics.model_updates], s.topics.partitions)
         consumer = Consumer(
-            s.confluent_consumer_config(self.options.group_id, **{"enable.auto.commit": False})
+            s.kafka.confluent_consumer_config(
+                self.options.group_id, **{"enable.auto.commit": False}
+            )
         )
-        consumer.subscribe([s.topic_clicks])
+        consumer.subscribe([s.topics.clicks])
         log.info(
             "fine-tune job: group %s on %s, a run every %d clicks or %.0f s",
             self.options.group_id,
-            s.topic_clicks,
+            s.topics.clicks,
             self.options.every_clicks,
             self.options.every_s,
         )
@@ -343,7 +302,7 @@ class FinetuneJob:
                 if m.error().code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error: %s", m.error())
                 continue
-            parsed = parse_click(m.value(), m.key(), self.settings.max_click_bytes)
+            parsed = parse_click(m.value(), m.key(), self.settings.worker.max_click_bytes)
             if not isinstance(parsed, Click):
                 metrics.FINETUNE_CLICKS.labels("rejected").inc()
                 continue
@@ -356,16 +315,15 @@ class FinetuneJob:
 
 def run_finetune(settings: Settings) -> None:
     """The `glintstream finetune` process: serve metrics, consume until SIGTERM/SIGINT."""
-    options = FinetuneOptions.from_settings(settings)
-    torch.set_num_threads(options.torch_threads)
+    torch.set_num_threads(settings.finetune.torch_threads)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         # finish the batch (or run) in hand, then leave the group cleanly
         signal.signal(signum, lambda *_: stop.set())
     endpoints.serve(
-        settings.metrics_host, settings.finetune_metrics_port, metrics.FINETUNE_REGISTRY
+        settings.metrics.host, settings.finetune.metrics_port, metrics.FINETUNE_REGISTRY
     )
-    job = FinetuneJob(settings, options)
+    job = FinetuneJob(settings)
     try:
         job.consume(stop.is_set)
     finally:

@@ -209,7 +209,7 @@ class ClickProcessor:
         Safe because nothing local changes before every output is acked: a retry reads the
         same stored states and republishes the same content (consumers may see it twice).
         """
-        attempts = self.settings.worker_delivery_attempts
+        attempts = self.settings.worker.delivery_attempts
         for attempt in range(1, attempts + 1):
             try:
                 self._apply(admitted)
@@ -218,7 +218,7 @@ class ClickProcessor:
                 metrics.DELIVERY_FAILURES.inc()
                 if attempt == attempts:
                     raise
-                backoff = min(2.0 ** (attempt - 1), self.settings.worker_delivery_backoff_max_s)
+                backoff = min(2.0 ** (attempt - 1), self.settings.worker.delivery_backoff_max_s)
                 log.warning(
                     "batch of %d clicks not delivered (attempt %d of %d): %s; retrying in %.0fs "
                     "with a new producer",
@@ -234,7 +234,7 @@ class ClickProcessor:
     def _apply(self, admitted: list[RawClick]) -> None:
         valid: list[_Valid] = []
         for message in admitted:
-            parsed = parse_click(message.value, message.key, self.settings.max_click_bytes)
+            parsed = parse_click(message.value, message.key, self.settings.worker.max_click_bytes)
             if isinstance(parsed, Click):
                 item = self.scorer.item_index(parsed.item_id)
                 if item is not None:
@@ -257,7 +257,7 @@ class ClickProcessor:
         with_vec = not self.scorer.ring_is_enough
         for (partition, user), record in records.items():
             self.publisher.send(
-                self.settings.topic_state_changelog,
+                self.settings.topics.state_changelog,
                 user.encode(),
                 record.encode(with_vec=with_vec),
                 partition=partition,
@@ -268,7 +268,7 @@ class ClickProcessor:
             applied[message.partition] = message.offset
         for partition, offset in applied.items():
             self.publisher.send(
-                self.settings.topic_state_changelog,
+                self.settings.topics.state_changelog,
                 APPLIED_KEY,
                 str(offset).encode(),
                 partition=partition,
@@ -298,7 +298,7 @@ class ClickProcessor:
         metrics.MODEL_SECONDS.observe(time.monotonic() - started)
 
         last_offset: dict[int, int] = {}
-        topic = self.settings.topic_clicks
+        topic = self.settings.topics.clicks
         for v, top in zip(valid, tops):
             slot = slots[(v.message.partition, v.click.user_id)]
             last_offset[slot] = v.message.offset
@@ -318,7 +318,7 @@ class ClickProcessor:
                 "published_ts": time.time(),
             }
             self.publisher.send(
-                self.settings.topic_recommendations,
+                self.settings.topics.recommendations,
                 v.message.key,
                 json.dumps(output, separators=(",", ":")).encode(),
             )
@@ -339,16 +339,16 @@ class ClickProcessor:
             "reason": rejection.reason,
             "detail": rejection.detail,
             "click": {
-                "topic": self.settings.topic_clicks,
+                "topic": self.settings.topics.clicks,
                 "partition": message.partition,
                 "offset": message.offset,
             },
             "value_b64": None if value is None else base64.b64encode(value).decode(),
-            "worker_id": self.settings.worker_id,
+            "worker_id": self.settings.worker.id,
             "ts": time.time(),
         }
         self.publisher.send(
-            self.settings.topic_dlq,
+            self.settings.topics.dlq,
             message.key,
             json.dumps(record).encode(),
             headers=[(REASON_HEADER, rejection.reason.encode())],
@@ -363,7 +363,7 @@ class ClickProcessor:
         by_partition: dict[int, dict[bytes, bytes]] = defaultdict(dict)
         for (partition, user), record in records.items():
             by_partition[partition][user.encode()] = record.encode()
-        changelog = self.settings.topic_state_changelog
+        changelog = self.settings.topics.state_changelog
         for partition, offset in applied.items():
             self.store.partition(partition).write(
                 by_partition[partition],

@@ -135,7 +135,7 @@ class ProduceReport:
 
 def producer_config(settings: Settings, linger_ms: int = PRODUCE_LINGER_MS) -> dict[str, Any]:
     return {
-        **settings.confluent_config(),
+        **settings.kafka.confluent_config(),
         "acks": "all",
         "enable.idempotence": True,  # retries keep per-partition order (librdkafka + Tansu: ok)
         "linger.ms": linger_ms,
@@ -160,8 +160,8 @@ def produce_clicks(
 
     from stream.broker import ensure_topics
 
-    topic = topic or settings.topic_clicks
-    ensure_topics(settings, [topic], settings.partitions)
+    topic = topic or settings.topics.clicks
+    ensure_topics(settings, [topic], settings.topics.partitions)
     report = ProduceReport()
 
     def on_delivery(err: KafkaError | None, msg: Message) -> None:

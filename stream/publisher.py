@@ -34,14 +34,14 @@ class DeliveryError(RuntimeError):
 class Publisher:
     def __init__(self, settings: Settings) -> None:
         self._config = {
-            **settings.confluent_config(),
+            **settings.kafka.confluent_config(),
             "acks": "all",
             # no duplicates from librdkafka's own retries (works on Tansu, unlike aiokafka's)
             "enable.idempotence": True,
             "linger.ms": LINGER_MS,
         }
         self._producer = Producer(self._config)
-        self._timeout_s = settings.worker_delivery_timeout_s
+        self._timeout_s = settings.worker.delivery_timeout_s
         self._errors: list[KafkaError] = []
         self._last_offset: dict[tuple[str, int], int] = {}
 

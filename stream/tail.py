@@ -71,10 +71,10 @@ def served_dataset(settings: Settings) -> str | None:
     from model.registry import Registry, RegistryError
 
     try:
-        info = Registry(settings.registry_dir).current()
+        info = Registry(settings.paths.registry_dir).current()
     except RegistryError:
         info = None
-    directory = info.path if info else Path(settings.checkpoint_dir)
+    directory = info.path if info else Path(settings.paths.checkpoint_dir)
     try:
         return json.loads((directory / "manifest.json").read_text(encoding="utf-8"))["dataset"]
     except (OSError, ValueError, KeyError):
@@ -90,7 +90,7 @@ def load_titles(settings: Settings, dataset: str = "auto") -> dict[str, str]:
     if dataset != "ml-1m":
         return {}
     try:
-        return ml1m_titles(settings.data_dir)
+        return ml1m_titles(settings.paths.data_dir)
     except DatasetNotFoundError as e:
         log.warning("no titles: %s", e)
         return {}
@@ -161,9 +161,9 @@ def tail(
     """
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
-    topic = topic or settings.topic_recommendations
-    servers = settings.kafka_bootstrap_servers
-    conf = {**settings.confluent_config(), "group.id": "glintstream-tail"}
+    topic = topic or settings.topics.recommendations
+    servers = settings.kafka.bootstrap_servers
+    conf = {**settings.kafka.confluent_config(), "group.id": "glintstream-tail"}
     conf.update({"enable.auto.commit": False, "enable.partition.eof": False})
     consumer = Consumer(conf)
     try:
@@ -174,7 +174,7 @@ def tail(
         # Tansu's ListOffsets(LATEST) under-reports the log end, so OFFSET_END may replay some
         # older messages: drop those by their timestamp instead.
         not_before_ms = 0 if from_beginning else int(time.time() * 1000) - 1000
-        detector = StallDetector(stall_timeout or settings.worker_stall_timeout_s)
+        detector = StallDetector(stall_timeout or settings.worker.stall_timeout_s)
         printed, last_seen, checked = 0, time.monotonic(), time.monotonic()
         while limit is None or printed < limit:
             now = time.monotonic()

@@ -14,13 +14,13 @@ import pytest
 
 from stream.batch_process import BatchProcess
 from stream.scoring import ModelNotFoundError
-from stream.settings import Settings
+from stream.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _settings(tmp_path: Path, checkpoint: Path) -> Settings:
-    return Settings(
+    return load_settings(
         state_dir=tmp_path / "state",
         registry_dir=tmp_path / "registry",
         checkpoint_dir=checkpoint,
@@ -53,11 +53,11 @@ def test_the_batch_process_dies_with_a_killed_worker(tmp_path: Path) -> None:
         import time
         from pathlib import Path
         from stream.batch_process import BatchProcess
-        from stream.settings import Settings
-        batch = BatchProcess(Settings(state_dir=Path({str(tmp_path / "state")!r}),
-                                      registry_dir=Path({str(tmp_path / "registry")!r}),
-                                      checkpoint_dir=Path({str(REPO / "checkpoints" / "ml-1m")!r}),
-                                      metrics_port=0))
+        from stream.settings import load_settings
+        batch = BatchProcess(load_settings(state_dir=Path({str(tmp_path / "state")!r}),
+                                           registry_dir=Path({str(tmp_path / "registry")!r}),
+                                           checkpoint_dir=Path({str(REPO / "checkpoints" / "ml-1m")!r}),
+                                           metrics_port=0))
         batch.start()
         print(batch.pid, flush=True)
         time.sleep(120)

@@ -25,7 +25,7 @@ def produce(settings: Settings, topic: str, n: int, users: int) -> dict[bytes, s
         else:
             delivered[msg.key()].add(msg.partition())
 
-    producer = Producer({**settings.confluent_config(), "linger.ms": 5, "acks": "all"})
+    producer = Producer({**settings.kafka.confluent_config(), "linger.ms": 5, "acks": "all"})
     for i in range(n):
         key = f"user-{i % users}".encode()
         producer.produce(topic, value=str(i).encode(), key=key, on_delivery=on_delivery)
@@ -52,7 +52,7 @@ def test_create_topics_with_partitions(settings: Settings, unique_name) -> None:
     names = [unique_name("a"), unique_name("b")]
     ensure_topics(settings, names, PARTITIONS)
     ensure_topics(settings, names, PARTITIONS)  # existing topics are fine
-    topics = AdminClient(settings.confluent_config()).list_topics(timeout=10).topics
+    topics = AdminClient(settings.kafka.confluent_config()).list_topics(timeout=10).topics
     for name in names:
         assert len(topics[name].partitions) == PARTITIONS
 
@@ -65,7 +65,7 @@ def test_keyed_messages_round_trip(settings: Settings, unique_name) -> None:
     assert all(len(parts) == 1 for parts in delivered.values())
 
     # Manual assignment: no group join, so no Tansu JoinGroup wait.
-    consumer = Consumer(settings.confluent_consumer_config(unique_name("g")))
+    consumer = Consumer(settings.kafka.confluent_consumer_config(unique_name("g")))
     consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
     try:
         msgs = consume(consumer, n)
@@ -86,7 +86,7 @@ def test_group_resumes_from_committed_offsets(settings: Settings, unique_name) -
     ensure_topics(settings, [topic], PARTITIONS)
     n, first = 400, 150
     produce(settings, topic, n, users=40)
-    conf = settings.confluent_consumer_config(group, **{"enable.auto.commit": False})
+    conf = settings.kafka.confluent_consumer_config(group, **{"enable.auto.commit": False})
 
     consumer = Consumer(conf)
     consumer.subscribe([topic])

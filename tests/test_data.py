@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from model.data import (
-    DATA_DIR_ENV,
     PAD,
     DatasetNotFoundError,
     SequenceData,
@@ -22,10 +20,11 @@ from model.data import (
     synthetic,
     training_batch,
 )
+from stream.settings import load_settings
 
-REAL_DATA = Path(os.environ.get(DATA_DIR_ENV) or Path(__file__).parents[2] / "shared" / "datasets")
+REAL_DATA = load_settings().paths.data_dir  # GLINTSTREAM_DATA_DIR, else the one default
 needs_real_data = pytest.mark.skipif(
-    not REAL_DATA.is_dir(), reason=f"no dataset dir at {REAL_DATA} (set ${DATA_DIR_ENV})"
+    not REAL_DATA.is_dir(), reason=f"no dataset dir at {REAL_DATA} (set GLINTSTREAM_DATA_DIR)"
 )
 
 # (users, items, clicks, has timestamps) from each SOURCE.md
@@ -108,7 +107,7 @@ def test_missing_files_error_names_them(tmp_path: Path) -> None:
         load_dataset("ml-1m", tmp_path)
     message = str(err.value)
     assert "ml-1m.train.rating.gz" in message and "ml-1m.test.rating.gz" in message
-    assert str(tmp_path) in message and DATA_DIR_ENV in message
+    assert str(tmp_path) in message and "data dir" in message
     assert isinstance(err.value, FileNotFoundError)
 
 

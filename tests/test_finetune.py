@@ -32,9 +32,9 @@ from model.finetune import (
 from model.glintru import GlintRU, GlintRUConfig
 from model.registry import Registry
 from stream.broker import ensure_topics, free_port
-from stream.finetune import PUBLISHED, REJECTED, SKIPPED, FinetuneJob, FinetuneOptions
+from stream.finetune import PUBLISHED, REJECTED, SKIPPED, FinetuneJob
 from stream.finetune_store import RecentClicks, StoredClick
-from stream.settings import Settings
+from stream.settings import Settings, load_settings
 
 torch.set_num_threads(1)  # the test machine is shared; the job sets its own threads too
 
@@ -209,27 +209,20 @@ def test_recent_clicks_are_bounded_deduplicated_and_durable(tmp_path: Path) -> N
 
 
 # ----------------------------------------------------------------------------- the job
-def job_options(**overrides: object) -> FinetuneOptions:
-    values: dict = dict(
-        group_id="unused",
-        every_clicks=1000,
-        every_s=60.0,
-        steps=TUNE_STEPS,
-        lr=LR,
-        batch_size=32,
-        holdout_users=100,
-        min_holdout_users=20,
-        tolerance=0.0,
-        user_clicks=2 * HALF,
-        max_users=1000,
-        new_item_min_clicks=2,
-        keep_versions=5,
-        block_cache_mb=1,
-        torch_threads=1,
-        seed=0,
+def job_with(settings: Settings, **overrides: object) -> FinetuneJob:
+    """A job on ``settings`` with the test's fine-tune options (flat names)."""
+    values: dict[str, object] = dict(
+        finetune_group_id="unused",
+        finetune_every_clicks=1000,
+        finetune_steps=TUNE_STEPS,
+        finetune_lr=LR,
+        finetune_holdout_users=100,
+        finetune_user_clicks=2 * HALF,
+        finetune_max_users=1000,
+        finetune_block_cache_mb=1,
     )
     values.update(overrides)
-    return FinetuneOptions(**values)
+    return FinetuneJob(settings.with_overrides(**values))
 
 
 def save(model: GlintRU, directory: Path, vocab: list[str] = VOCAB) -> Path:
@@ -252,8 +245,8 @@ def fill(job: FinetuneJob, sequences: list[np.ndarray], vocab: list[str] = VOCAB
 
 def read_topic(settings: Settings, topic: str, wait_s: float) -> list[dict]:
     """Every message of ``topic`` (read by assignment: no group join to wait for)."""
-    partitions = range(settings.partitions)
-    consumer = Consumer(settings.confluent_consumer_config(f"read-{uuid.uuid4().hex[:8]}"))
+    partitions = range(settings.topics.partitions)
+    consumer = Consumer(settings.kafka.confluent_consumer_config(f"read-{uuid.uuid4().hex[:8]}"))
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     out, deadline = [], time.monotonic() + wait_s
     try:
@@ -268,25 +261,23 @@ def read_topic(settings: Settings, topic: str, wait_s: float) -> list[dict]:
 
 @pytest.fixture
 def job_settings(settings: Settings, tmp_path: Path, unique_name: Callable[[str], str]) -> Settings:
-    s = settings.model_copy(
-        update=dict(
-            state_dir=tmp_path / "state",
-            registry_dir=tmp_path / "registry",
-            checkpoint_dir=tmp_path / "fallback",
-            topic_model_updates=unique_name("updates"),
-            device="cpu",
-        )
+    s = settings.with_overrides(
+        state_dir=tmp_path / "state",
+        registry_dir=tmp_path / "registry",
+        checkpoint_dir=tmp_path / "fallback",
+        topic_model_updates=unique_name("updates"),
+        device="cpu",
     )
-    ensure_topics(s, [s.topic_model_updates], s.partitions)
+    ensure_topics(s, [s.topics.model_updates], s.topics.partitions)
     return s
 
 
 def test_broken_fine_tune_is_rejected_and_never_published(
     job_settings: Settings, frozen: GlintRU, tmp_path: Path
 ) -> None:
-    registry = Registry(job_settings.registry_dir)
+    registry = Registry(job_settings.paths.registry_dir)
     v1 = registry.publish(save(frozen, tmp_path / "v1")).version
-    job = FinetuneJob(job_settings, job_options(lr=BROKEN_LR))
+    job = job_with(job_settings, finetune_lr=BROKEN_LR)
     try:
         fill(job, [s[:HALF] for s in drifting(150, seed=2)])  # the distribution it knows
         result = job.run_once()
@@ -295,14 +286,14 @@ def test_broken_fine_tune_is_rejected_and_never_published(
     assert result.outcome == REJECTED, result
     assert result.figures["new_NDCG@10"] < result.figures["current_NDCG@10"]
     assert registry.current_version() == v1 and [v.version for v in registry.list()] == [v1]
-    assert read_topic(job_settings, job_settings.topic_model_updates, wait_s=3.0) == []
+    assert read_topic(job_settings, job_settings.topics.model_updates, wait_s=3.0) == []
 
 
 def test_good_fine_tune_grows_the_vocabulary_publishes_and_announces(
     job_settings: Settings, frozen: GlintRU, tmp_path: Path
 ) -> None:
-    save(frozen, job_settings.checkpoint_dir)  # no registry version yet: the fallback
-    job = FinetuneJob(job_settings, job_options())
+    save(frozen, job_settings.paths.checkpoint_dir)  # no registry version yet: the fallback
+    job = job_with(job_settings)
     stream = drifting(150, seed=2)
     for seq in stream[:30]:  # a new item appears in the stream
         seq[-3] = NUM_ITEMS + 1
@@ -315,13 +306,13 @@ def test_good_fine_tune_grows_the_vocabulary_publishes_and_announces(
     assert result.outcome == PUBLISHED, result
     f = result.figures
     assert f["new_NDCG@10"] >= f["current_NDCG@10"] and f["new_items"] == 1
-    registry = Registry(job_settings.registry_dir)
+    registry = Registry(job_settings.paths.registry_dir)
     info = registry.current()
     assert info is not None and info.version == result.version and info.parent is None
     assert info.gate == f  # the gate figures are in the registry entry
     model, manifest = load_checkpoint(info.path)
     assert manifest["vocab"] == [*VOCAB, "brand-new"] and model.num_items == NUM_ITEMS + 1
-    (announced,) = read_topic(job_settings, job_settings.topic_model_updates, wait_s=3.0)
+    (announced,) = read_topic(job_settings, job_settings.topics.model_updates, wait_s=3.0)
     assert announced["version"] == info.version and announced["figures"] == f
     assert announced["parent"] is None and announced["created"] == info.created
 
@@ -415,7 +406,7 @@ def test_finetune_process_publishes_announces_and_the_worker_switches(
         vocab = [*VOCAB, "fresh"]
         produce(bootstrap_servers, topics["clicks"], stream, vocab, ts=STREAM_TS)
         job.wait_for("fine-tune run 1: published v1", timeout=120)
-        settings = Settings(kafka_bootstrap_servers=bootstrap_servers)
+        settings = load_settings(kafka_bootstrap_servers=bootstrap_servers)
         (announced,) = read_topic(settings, topics["updates"], wait_s=3.0)
         info = Registry(tmp_path / "registry").current()
         assert info is not None and info.version == announced["version"] == 1

@@ -115,7 +115,7 @@ def test_produce_round_trip(settings: Settings, unique_name) -> None:
     )
     assert report.failed == 0 and report.delivered == report.sent == len(order)
 
-    consumer = Consumer(settings.confluent_consumer_config(unique_name("g")))
+    consumer = Consumer(settings.kafka.confluent_consumer_config(unique_name("g")))
     consumer.subscribe([topic])
     got = []
     deadline = time.monotonic() + 60

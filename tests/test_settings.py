@@ -9,7 +9,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from stream.cli import main, pass_settings
+from stream.cli import main
+from stream.cli.context import pass_settings
 from stream.settings import REPO_ROOT, Settings, load_settings
 
 
@@ -22,11 +23,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults() -> None:
     s = load_settings()
-    assert s.kafka_bootstrap_servers == "127.0.0.1:9092"
-    assert (s.topic_clicks, s.topic_dlq, s.partitions) == ("clicks", "clicks-dlq", 4)
-    assert s.state_dir == REPO_ROOT / ".run" / "state"
-    assert s.kafka_session_timeout_ms == 6000
-    assert s.confluent_config() == {"bootstrap.servers": "127.0.0.1:9092"}
+    assert s.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert (s.topics.clicks, s.topics.dlq, s.topics.partitions) == ("clicks", "clicks-dlq", 4)
+    assert s.paths.state_dir == REPO_ROOT / ".run" / "state"
+    assert s.kafka.session_timeout_ms == 6000
+    assert s.kafka.confluent_config() == {"bootstrap.servers": "127.0.0.1:9092"}
     assert s.torch_device() in ("cpu", "cuda")
 
 
@@ -36,24 +37,24 @@ def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GLINTSTREAM_METRICS_PORT", "9400")
     monkeypatch.setenv("GLINTSTREAM_DEVICE", "cpu")
     s = load_settings()
-    assert s.kafka_bootstrap_servers == "k1:9093,k2:9093"
-    assert s.topic_clicks == "raw-clicks"
-    assert s.metrics_port == 9400
+    assert s.kafka.bootstrap_servers == "k1:9093,k2:9093"
+    assert s.topics.clicks == "raw-clicks"
+    assert s.metrics.port == 9400
     assert s.torch_device() == "cpu"
-    assert s.faust_broker_url() == "kafka://k1:9093;kafka://k2:9093"
+    assert s.kafka.faust_broker_url() == "kafka://k1:9093;kafka://k2:9093"
 
 
 def test_override_beats_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "from-env:1")
-    assert load_settings(kafka_bootstrap_servers="from-flag:2").kafka_bootstrap_servers == (
+    assert load_settings(kafka_bootstrap_servers="from-flag:2").kafka.bootstrap_servers == (
         "from-flag:2"
     )
-    assert load_settings(kafka_bootstrap_servers=None).kafka_bootstrap_servers == "from-env:1"
+    assert load_settings(kafka_bootstrap_servers=None).kafka.bootstrap_servers == "from-env:1"
 
 
 def test_settings_are_frozen() -> None:
     with pytest.raises(ValueError):
-        load_settings().partitions = 8
+        load_settings().topics.partitions = 8  # type: ignore[misc]
 
 
 def test_confluent_config_maps_sasl(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,7 +63,7 @@ def test_confluent_config_maps_sasl(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_SASL_USERNAME", "alice")
     monkeypatch.setenv("KAFKA_SASL_PASSWORD", "s3cret")
     s = load_settings(kafka_bootstrap_servers="broker:9094")
-    assert s.confluent_config() == {
+    assert s.kafka.confluent_config() == {
         "bootstrap.servers": "broker:9094",
         "security.protocol": "SASL_SSL",
         "sasl.mechanism": "SCRAM-SHA-512",
@@ -70,10 +71,10 @@ def test_confluent_config_maps_sasl(monkeypatch: pytest.MonkeyPatch) -> None:
         "sasl.password": "s3cret",
     }
     assert "s3cret" not in repr(s)
-    kw = s.aiokafka_kwargs()
+    kw = s.kafka.aiokafka_kwargs()
     assert kw["sasl_plain_username"] == "alice" and kw["sasl_mechanism"] == "SCRAM-SHA-512"
     assert "ssl_context" in kw
-    consumer = s.confluent_consumer_config("g")
+    consumer = s.kafka.confluent_consumer_config("g")
     assert consumer["session.timeout.ms"] == 6000 and consumer["sasl.username"] == "alice"
 
 
@@ -102,10 +103,12 @@ def test_cli_flags_beat_env(show_command: None) -> None:
     s = _cli_settings(
         "--bootstrap-servers", "from-flag:2", "--set", "partitions=8", "--device", "cpu", env=env
     )
-    assert s.kafka_bootstrap_servers == "from-flag:2"
-    assert s.partitions == 8 and s.device == "cpu"
-    assert s.topic_clicks == "env-clicks"
-    assert _cli_settings("--set", "topic-clicks=flag-clicks", env=env).topic_clicks == "flag-clicks"
+    assert s.kafka.bootstrap_servers == "from-flag:2"
+    assert s.topics.partitions == 8 and s.device == "cpu"
+    assert s.topics.clicks == "env-clicks"
+    assert (
+        _cli_settings("--set", "topic-clicks=flag-clicks", env=env).topics.clicks == "flag-clicks"
+    )
 
 
 def test_cli_rejects_unknown_setting(show_command: None) -> None:

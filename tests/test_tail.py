@@ -64,7 +64,7 @@ def test_tail_round_trip(settings: Settings, unique_name) -> None:
     lines: list[str] = []
     ensure_topics(settings, [topic])  # the worker's job; tail never creates topics
     assert tail(settings, topic=topic, from_beginning=True, idle_timeout=0.5, out=lines.append) == 0
-    producer = Producer(settings.confluent_config())
+    producer = Producer(settings.kafka.confluent_config())
     producer.produce(topic, key=b"42", value=json.dumps(SAMPLE).encode())
     producer.produce(topic, key=b"7", value=b"junk")
     producer.produce(topic, key=b"42", value=json.dumps({**SAMPLE, "model_version": 4}).encode())
@@ -94,7 +94,7 @@ def test_tail_never_creates_the_topic(
     topic = unique_name("missing")
     with pytest.raises(TailError, match=f"topic {topic} does not exist at"):
         tail(settings, topic=topic, idle_timeout=0.5)
-    admin = AdminClient(settings.confluent_config())
+    admin = AdminClient(settings.kafka.confluent_config())
     assert topic not in admin.list_topics(timeout=10).topics
 
 

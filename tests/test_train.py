@@ -25,7 +25,7 @@ from model.train import TrainConfig, encode_streaming, evaluate_checkpoint, trai
 from stream.cli import main
 from stream.settings import load_settings
 
-DATA_DIR = load_settings().data_dir
+DATA_DIR = load_settings().paths.data_dir
 needs_ml100k = pytest.mark.skipif(
     not (DATA_DIR / "ml-100k" / "ml-100k.inter.gz").exists(),
     reason=f"ML-100k not found under {DATA_DIR} (set GLINTSTREAM_DATA_DIR)",

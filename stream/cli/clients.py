@@ -6,10 +6,9 @@ import sys
 
 import click
 
+from stream.cli.context import pass_settings
 from stream.produce import PRODUCE_LINGER_MS
 from stream.settings import Settings
-
-pass_settings = click.make_pass_decorator(Settings)
 
 
 @click.command()
@@ -50,7 +49,7 @@ def produce(
         raise click.UsageError("--users and --user-ids exclude each other")
     try:
         ensure_reachable(settings)
-        data = load_dataset(dataset, settings.data_dir)
+        data = load_dataset(dataset, settings.paths.data_dir)
         ids = [u.strip() for u in user_ids.split(",") if u.strip()] if user_ids else None
         order = click_order(data, users=users, user_ids=ids, skip_last=skip_last, limit=limit)
     except (BrokerUnreachable, DatasetNotFoundError, ValueError) as e:
