@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from stream.broker import Broker, ensure_topics
+from stream.broker import Broker
 from stream.settings import WorkerSettings
+from stream.topics import ensure_topics
 
 TOPIC = "broker-latency"
 PAYLOAD = b"x" * 100  # about a click

@@ -49,7 +49,7 @@ from bench.junk import JunkMaker
 from bench.s3 import MotoS3, S3rver
 from model.checkpoint import save_checkpoint
 from model.data import SequenceData, load_dataset, synthetic
-from model.glintru import GlintRU, GlintRUConfig
+from model.glintru import GlintRUConfig, build_glintru
 from stream.broker import Broker
 from stream.state import UserRecord
 
@@ -100,7 +100,7 @@ def write_checkpoint(directory: Path, vocab: list[str], config: ChaosConfig) -> 
     )
     save_checkpoint(
         directory,
-        GlintRU(model_config).eval(),
+        build_glintru(model_config).eval(),
         kind="glintru",
         config=model_config,
         vocab=vocab,

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import KafkaException
 
-from bench.harness import (
+from bench.junk import Junk
+from stream.state import UserRecord
+from stream.testkit import (
     ClickProducer,
     Ledger,
     TopicReader,
@@ -27,8 +29,6 @@ from bench.harness import (
     stored_records,
     worker_env,
 )
-from bench.junk import Junk
-from stream.state import UserRecord
 
 log = logging.getLogger(__name__)
 

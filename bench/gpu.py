@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from model.glintru import GlintRU, GlintRUConfig
+from model.glintru import GlintRU, GlintRUConfig, build_glintru
 
 ML1M_ITEMS = 3706
 BATCH_SIZES = (1, 8, 64, 512, 4096, 8192)
@@ -105,7 +105,7 @@ def main() -> int:
     for variant in ("streaming", "faithful"):
         torch.manual_seed(0)
         config = GlintRUConfig(num_items=ML1M_ITEMS, variant=variant)
-        model = GlintRU(config).to(device).eval()
+        model = build_glintru(config).to(device).eval()
         for batch in (int(b) for b in args.batch_sizes.split(",")):
             seconds = step_and_score(model, batch, device)
             print(

@@ -12,23 +12,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from stream.clicks import (
-    BAD_EVENT_ID,
-    BAD_ITEM_ID,
-    BAD_TS,
-    BAD_USER_ID,
-    INVALID_JSON,
-    KEY_MISMATCH,
-    MAX_ID_CHARS,
-    MAX_INT_ID,
-    MAX_TS,
-    MISSING_FIELD,
-    NOT_AN_OBJECT,
-    OVERSIZED,
-    UNKNOWN_ITEM,
-    Rejection,
-    parse_click,
-)
+from stream.clicks import MAX_ID_CHARS, MAX_INT_ID, MAX_TS, Rejection, parse_click
+from stream.messages import RejectReason
 
 TS = 1_600_000_000.0  # a valid timestamp for the fields that are not under test
 MAX_RANDOM_BYTES = 64
@@ -90,7 +75,7 @@ class JunkMaker:
         out = [self._kinds[i % len(self._kinds)]() for i in range(count)]
         for junk in out:
             parsed = parse_click(junk.value, junk.key, self.max_click_bytes)
-            got = parsed.reason if isinstance(parsed, Rejection) else UNKNOWN_ITEM
+            got = parsed.reason if isinstance(parsed, Rejection) else RejectReason.UNKNOWN_ITEM
             assert got == junk.reason, (junk, parsed)
             assert isinstance(parsed, Rejection) or parsed.item_id not in self.items
         return out
@@ -114,12 +99,12 @@ class JunkMaker:
                 b"{'user_id': 1}",
             ]
         )
-        return Junk(key, value, INVALID_JSON)
+        return Junk(key, value, RejectReason.INVALID_JSON)
 
     def _not_an_object(self) -> Junk:
         key, click = self._click()
         value = self.rng.choice([list(click.values()), 42, "click", None, 1.5])
-        return Junk(key, _dump(value), NOT_AN_OBJECT)
+        return Junk(key, _dump(value), RejectReason.NOT_AN_OBJECT)
 
     def _missing_field(self) -> Junk:
         key, click = self._click()
@@ -127,37 +112,37 @@ class JunkMaker:
             del click[self.rng.choice(["user_id", "item_id", "ts"])]
         else:  # the wrong keys altogether
             click = {"user": click["user_id"], "item": click["item_id"], "time": TS}
-        return Junk(key, _dump(click), MISSING_FIELD)
+        return Junk(key, _dump(click), RejectReason.MISSING_FIELD)
 
     def _bad_user_id(self) -> Junk:
         key, click = self._click(user_id=_bad_id(self.rng))
-        return Junk(key, _dump(click), BAD_USER_ID)
+        return Junk(key, _dump(click), RejectReason.BAD_USER_ID)
 
     def _bad_item_id(self) -> Junk:
         key, click = self._click(item_id=_bad_id(self.rng))
-        return Junk(key, _dump(click), BAD_ITEM_ID)
+        return Junk(key, _dump(click), RejectReason.BAD_ITEM_ID)
 
     def _bad_ts(self) -> Junk:
         ts = self.rng.choice(["yesterday", -1, MAX_TS * 1000, True, None, [TS]])
         key, click = self._click(ts=ts)
-        return Junk(key, _dump(click), BAD_TS)
+        return Junk(key, _dump(click), RejectReason.BAD_TS)
 
     def _bad_event_id(self) -> Junk:
         key, click = self._click(event_id=_bad_id(self.rng))
         if click["event_id"] is None:  # an explicit null means "no event id": valid
             click["event_id"] = -1
-        return Junk(key, _dump(click), BAD_EVENT_ID)
+        return Junk(key, _dump(click), RejectReason.BAD_EVENT_ID)
 
     def _key_mismatch(self) -> Junk:
         key, click = self._click()
         wrong = self.rng.choice([None, b"", b"someone-else", key + b"x"])
-        return Junk(wrong, _dump(click), KEY_MISMATCH)
+        return Junk(wrong, _dump(click), RejectReason.KEY_MISMATCH)
 
     def _oversized(self) -> Junk:
         key, click = self._click(padding="x" * self.max_click_bytes)
-        return Junk(key, _dump(click), OVERSIZED)
+        return Junk(key, _dump(click), RejectReason.OVERSIZED)
 
     def _unknown_item(self) -> Junk:
         self._unknown += 1
         key, click = self._click(item_id=f"no-such-item-{self._unknown}")
-        return Junk(key, _dump(click), UNKNOWN_ITEM)
+        return Junk(key, _dump(click), RejectReason.UNKNOWN_ITEM)

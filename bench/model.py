@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 from model.data import leave_one_out, load_dataset, sequences_to_batch
-from model.glintru import GlintRU, GlintRUConfig, StreamState
-from model.train import DEFAULT_MAX_LEN, batches, windows
+from model.glintru import GlintRU, GlintRUConfig, build_glintru
+from model.recommender import StreamState
+from model.steps import batches, windows
+from model.train import DEFAULT_MAX_LEN
 
 
 @dataclass
@@ -58,7 +60,7 @@ def speedup(
     data = load_dataset(dataset)
     L = DEFAULT_MAX_LEN.get(dataset, 50)
     train = leave_one_out(data).train
-    model = GlintRU(GlintRUConfig(num_items=data.num_items, max_len=L)).train()
+    model = build_glintru(GlintRUConfig(num_items=data.num_items, max_len=L)).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     rows = windows(train, L)
@@ -101,7 +103,9 @@ def inference(
     rng = np.random.default_rng(0)
     rows = []
     for variant in ("faithful", "streaming"):
-        model = GlintRU(GlintRUConfig(num_items=data.num_items, max_len=L, variant=variant)).eval()
+        model = build_glintru(
+            GlintRUConfig(num_items=data.num_items, max_len=L, variant=variant)
+        ).eval()
         for B in batch_sizes:
             seqs = torch.from_numpy(rng.integers(1, data.num_items + 1, (B, L)))
             half = L // 2  # a user mid-window, where the faithful step is O(1)

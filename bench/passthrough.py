@@ -34,7 +34,7 @@ RAW_LINGER_MS = 5
 def run_faust(settings: Settings, source: str, sink: str, group: str) -> None:
     import faust
 
-    from stream.app import faust_app
+    from stream.worker import faust_app
 
     datadir = settings.paths.state_dir / group  # faust creates only the last level
     datadir.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,8 @@ import numpy as np
 import torch
 
 from model.data import SequenceData, leave_one_out
-from model.evaluate import full_ranks, metrics_from_ranks
+from model.evaluate import full_ranks, metrics_from_ranks, score_fn
 from model.recommender import SequentialRecommender
-from model.train import score_fn
 
 METRICS = ("HR@10", "NDCG@10")
 MISS = 10**9  # rank of a target that is not in the top-K list
@@ -58,8 +57,7 @@ def offline_metrics(
     items masked as the worker masks its ring. Items the checkpoint does not know are dropped
     from the histories, as the worker dead-letters them."""
     index = {item: i for i, item in enumerate(vocab) if i > 0}
-    window: int = model.config.max_len  # type: ignore[assignment,union-attr]
-    score = score_fn(model.eval(), window, model.item_embeddings().device)
+    score = score_fn(model.eval())
     ranks = []
     for start in range(0, len(heldout.targets), OFFLINE_BATCH):
         histories = [
@@ -71,7 +69,7 @@ def offline_metrics(
         )
         scores = score(histories).float().cpu()
         for row, history in enumerate(histories):
-            scores[row, torch.from_numpy(history[-window:])] = float("-inf")
+            scores[row, torch.from_numpy(history[-model.max_len :])] = float("-inf")
         ranks.append(full_ranks(scores, targets))
     figures = metrics_from_ranks(torch.cat(ranks).numpy())
     return {m: figures[m] for m in METRICS}

@@ -18,6 +18,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +52,15 @@ def produce(
         writer.writerow(ACK_FIELDS)
         produced: dict[int, float] = {}
 
-        def on_delivery(err: Any, msg: Any, seq: int) -> None:
-            sent = produced.pop(seq)
-            if err is not None:
-                writer.writerow((seq, -1, -1, f"{sent:.6f}", str(err)))
-            else:
-                writer.writerow((seq, msg.partition(), msg.offset(), f"{sent:.6f}", ""))
+        def on_delivery(seq: int) -> Callable[[Any, Any], None]:
+            def report(err: Any, msg: Any) -> None:
+                sent = produced.pop(seq)
+                if err is not None:
+                    writer.writerow((seq, -1, -1, f"{sent:.6f}", str(err)))
+                else:
+                    writer.writerow((seq, msg.partition(), msg.offset(), f"{sent:.6f}", ""))
+
+            return report
 
         start = time.monotonic()
         last_flush = start
@@ -78,7 +82,7 @@ def produce(
                         topic,
                         value.encode(),
                         user_id.encode(),
-                        on_delivery=lambda err, msg, seq=seq: on_delivery(err, msg, seq),
+                        on_delivery=on_delivery(seq),
                     )
                     break
                 except BufferError:  # the client's own queue is full: serve callbacks
@@ -117,7 +121,7 @@ def read(bootstrap: str, topic: str, fetch_wait_ms: int, out: Path) -> int:
                     continue
                 received = time.time()
                 try:
-                    rec = json.loads(msg.value())
+                    rec = json.loads(msg.value() or b"")
                     click = rec["click"]
                     row = (
                         click["partition"],

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bench.harness import WorkerProcess, worker_env
 from bench.passthrough import FIRST_INPUT_MARK
 from bench.prequential import METRICS, Heldout, offline_metrics, online_metrics
 from bench.procstat import cpu_seconds, peak_rss_bytes
@@ -46,9 +45,11 @@ from model.baselines import SASRec, SASRecConfig
 from model.checkpoint import load_checkpoint, read_manifest, save_checkpoint
 from model.data import SequenceData, load_dataset
 from model.recommender import SequentialRecommender
-from stream.broker import Broker, ensure_topics, free_port, poll_batch
+from stream.broker import Broker, free_port
 from stream.produce import Pacer, click_order, iter_clicks, producer_config
 from stream.settings import Settings, load_settings
+from stream.testkit import WorkerProcess, worker_env
+from stream.topics import ensure_topics, poll_batch
 
 log = logging.getLogger(__name__)
 
@@ -476,7 +477,9 @@ class StreamBench:
         return self.result
 
     # -------------------------------------------------------------- the systems under test
-    def _start(self, name: str, command: list[str] | None = None, **env: object) -> WorkerProcess:
+    def _start(
+        self, name: str, env: dict[str, object], command: list[str] | None = None
+    ) -> WorkerProcess:
         values = {
             "KAFKA_BOOTSTRAP_SERVERS": self.settings.kafka.bootstrap_servers,
             "GLINTSTREAM_PARTITIONS": self.config.partitions,
@@ -494,18 +497,22 @@ class StreamBench:
         ensure_topics(self.settings, [topic], self.config.partitions)
         reader = OutputReader(self.settings, topic, parse=True)
         reader.start()
-        settings = {f"GLINTSTREAM_{k.upper()}": v for k, v in self.config.worker_settings.items()}
+        settings: dict[str, object] = {
+            f"GLINTSTREAM_{k.upper()}": v for k, v in self.config.worker_settings.items()
+        }
         metrics_port = free_port() if metrics else 0
         proc = self._start(
             name,
-            **settings,
-            GLINTSTREAM_WORKER_APP_ID=f"bench-{name}",
-            GLINTSTREAM_CHECKPOINT_DIR=checkpoint,
-            GLINTSTREAM_SCORING_MODE=mode,
-            GLINTSTREAM_TOPIC_RECOMMENDATIONS=topic,
-            GLINTSTREAM_TOPIC_DLQ=f"dlq-{name}",
-            GLINTSTREAM_TOPIC_STATE_CHANGELOG=f"state-{name}",
-            GLINTSTREAM_METRICS_PORT=metrics_port,
+            {
+                **settings,
+                "GLINTSTREAM_WORKER_APP_ID": f"bench-{name}",
+                "GLINTSTREAM_CHECKPOINT_DIR": checkpoint,
+                "GLINTSTREAM_SCORING_MODE": mode,
+                "GLINTSTREAM_TOPIC_RECOMMENDATIONS": topic,
+                "GLINTSTREAM_TOPIC_DLQ": f"dlq-{name}",
+                "GLINTSTREAM_TOPIC_STATE_CHANGELOG": f"state-{name}",
+                "GLINTSTREAM_METRICS_PORT": metrics_port,
+            },
         )
         system = System(proc, reader, metrics_port)
         self.systems.append(system)
@@ -519,7 +526,7 @@ class StreamBench:
             reader.start()
             command = [sys.executable, "-m", "bench.passthrough", engine]
             command += ["--source", CLICKS_TOPIC, "--sink", sink, "--group", f"bench-{engine}"]
-            system = System(self._start(f"floor-{engine}", command), reader)
+            system = System(self._start(f"floor-{engine}", {}, command), reader)
             self.systems.append(system)
             self._measure(f"{engine} floor", engine, system, count)
 

@@ -60,6 +60,8 @@ class SASRec(SequentialRecommender):
     exactly seq[:t+1]: ``all_positions`` is the representation of every prefix.
     """
 
+    config: SASRecConfig
+
     def __init__(self, config: SASRecConfig) -> None:
         super().__init__()
         self.config = config
@@ -115,6 +117,8 @@ class GRU4RecConfig:
 class GRU4Rec(SequentialRecommender):
     """RecBole's GRU4Rec: embedding -> dropout -> GRU -> dense to d, tied output."""
 
+    config: GRU4RecConfig
+
     def __init__(self, config: GRU4RecConfig) -> None:
         super().__init__()
         self.config = config
@@ -149,6 +153,7 @@ class GRU4Rec(SequentialRecommender):
 @dataclass(frozen=True)
 class PopularityConfig:
     num_items: int
+    max_len: int = 200  # only how much history serving keeps; the scores ignore it
 
 
 class Popularity(SequentialRecommender):
@@ -157,6 +162,8 @@ class Popularity(SequentialRecommender):
     Fits the contract as a rank-1 model: the user vector is [1] and each item's "embedding"
     is its score, so ``logits`` = the score row.
     """
+
+    config: PopularityConfig
 
     scores: Tensor
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import os
 from datetime import UTC, datetime
@@ -18,47 +17,29 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
-from model.baselines import (
-    GRU4Rec,
-    GRU4RecConfig,
-    Popularity,
-    PopularityConfig,
-    SASRec,
-    SASRecConfig,
-)
+from model.catalog import KINDS, Kind
+from model.recommender import SequentialRecommender
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
-
-# kind -> (model class, config dataclass); the model is built as cls(config)
-MODEL_KINDS: dict[str, tuple[type, type]] = {
-    "sasrec": (SASRec, SASRecConfig),
-    "gru4rec": (GRU4Rec, GRU4RecConfig),
-    "popularity": (Popularity, PopularityConfig),
-}
-# imported on first use, so this module does not depend on them: kind -> (module, model, config)
-LAZY_KINDS: dict[str, tuple[str, str, str]] = {
-    "glintru": ("model.glintru", "GlintRU", "GlintRUConfig"),
-}
 
 
 class CheckpointError(ValueError):
     """A checkpoint directory is incomplete, corrupted or of an unknown kind/version."""
 
 
-def model_kind(kind: str) -> tuple[type, type]:
-    """(model class, config dataclass) for a kind, importing lazy kinds on first use."""
-    if kind not in MODEL_KINDS and kind in LAZY_KINDS:
-        module, model_name, config_name = LAZY_KINDS[kind]
-        mod = importlib.import_module(module)
-        MODEL_KINDS[kind] = (getattr(mod, model_name), getattr(mod, config_name))
-    if kind not in MODEL_KINDS:
-        known = sorted(set(MODEL_KINDS) | set(LAZY_KINDS))
-        raise CheckpointError(f"unknown model kind {kind!r}; known: {', '.join(known)}")
-    return MODEL_KINDS[kind]
+def model_kind(kind: str) -> Kind:
+    if kind not in KINDS:
+        raise CheckpointError(f"unknown model kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+    return KINDS[kind]
+
+
+def build_model(kind: str, config: Any) -> SequentialRecommender:
+    model = model_kind(kind).build(config)
+    assert isinstance(model, SequentialRecommender)
+    return model
 
 
 def sha256_file(path: Path) -> str:
@@ -84,7 +65,7 @@ def _config_from_dict(config_cls: type, values: dict[str, Any]) -> Any:
 
 def save_checkpoint(
     directory: str | Path,
-    model: nn.Module,
+    model: SequentialRecommender,
     *,
     kind: str,
     config: Any,
@@ -95,11 +76,11 @@ def save_checkpoint(
 ) -> Path:
     """Write weights then manifest (each via a temp file + rename); return the directory."""
     config_dict = dataclasses.asdict(config)  # before isinstance, which narrows Any to object
-    model_cls, config_cls = model_kind(kind)
-    if not isinstance(model, model_cls) or not isinstance(config, config_cls):
+    config_cls = model_kind(kind).config_cls()
+    if not isinstance(config, config_cls) or model.config != config:
         raise CheckpointError(
-            f"kind {kind!r} expects {model_cls.__name__}/{config_cls.__name__}, "
-            f"got {type(model).__name__}/{type(config).__name__}"
+            f"kind {kind!r} expects a model built from a {config_cls.__name__}, "
+            f"got {type(model).__name__} with {type(config).__name__}"
         )
     num_items = getattr(config, "num_items", None)
     if num_items is not None and len(vocab) != num_items + 1:
@@ -146,22 +127,32 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_checkpoint(
-    directory: str | Path, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model (eval mode) from a checkpoint directory; verifies the weights' hash."""
+def verify_checkpoint(directory: str | Path) -> dict[str, Any]:
+    """The manifest of a complete checkpoint: readable, of a known kind, its weights present and
+    matching their hash (corrupted or replaced weights are refused)."""
     directory = Path(directory)
     manifest = read_manifest(directory)
+    model_kind(manifest["kind"])
     weights = directory / manifest.get("weights_file", WEIGHTS)
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing")
     digest = sha256_file(weights)
-    if digest != manifest["weights_sha256"]:
+    if digest != manifest.get("weights_sha256"):
         raise CheckpointError(
             f"{weights}: sha256 {digest} does not match the manifest's "
-            f"{manifest['weights_sha256']} (corrupted or replaced weights)"
+            f"{manifest.get('weights_sha256')!r} (corrupted or replaced weights)"
         )
-    model_cls, config_cls = model_kind(manifest["kind"])
-    model = model_cls(_config_from_dict(config_cls, manifest["config"]))
+    return manifest
+
+
+def load_checkpoint(
+    directory: str | Path, device: str | torch.device = "cpu"
+) -> tuple[SequentialRecommender, dict[str, Any]]:
+    """Rebuild the model (eval mode) from a checkpoint directory; verifies the weights' hash."""
+    directory = Path(directory)
+    manifest = verify_checkpoint(directory)
+    kind = model_kind(manifest["kind"])
+    model = build_model(manifest["kind"], _config_from_dict(kind.config_cls(), manifest["config"]))
+    weights = directory / manifest.get("weights_file", WEIGHTS)
     model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
     return model.to(device).eval(), manifest

@@ -1,4 +1,6 @@
-"""Offline evaluation: full ranking (seen items masked or not) and RecBole's pop100.
+"""Offline evaluation: full ranking (seen items masked or not) and RecBole's pop100, and the
+score functions that turn histories into scores (``score_fn``: the model's forward over its
+window, or, for a model that ``chunks``, its state after each whole history).
 
 Ranks are 0-based and pessimistic: rank = number of other candidates scoring >= the target,
 so ties never help and a constant scorer gets no credit.
@@ -91,6 +93,26 @@ def sampled_ranks(scores: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
     return (scores.gather(1, negatives) >= target_scores).sum(dim=1, dtype=torch.int32).long()
 
 
+def finite_scores(scores: Tensor) -> Tensor:
+    """Scores as float on the CPU; NaN compares false, so it would rank first: make it the worst
+    score instead."""
+    scores = scores.detach().float().cpu()
+    return torch.nan_to_num(scores, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+
+
+@torch.no_grad()
+def masked_ranks(
+    score: ScoreFn, histories: list[np.ndarray], targets: Tensor, batch_size: int = 512
+) -> Tensor:
+    """Full-ranking ranks with each user's history masked (what the worker serves)."""
+    ranks = []
+    for start in range(0, len(histories), batch_size):
+        chunk, tgt = histories[start : start + batch_size], targets[start : start + batch_size]
+        scores = finite_scores(score(chunk))
+        ranks.append(full_ranks(mask_seen(scores, chunk, tgt), tgt))
+    return torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+
+
 @torch.no_grad()
 def evaluate(
     score_fn: ScoreFn,
@@ -112,9 +134,7 @@ def evaluate(
         end = min(start + batch_size, len(inputs))
         histories = inputs[start:end]
         tgt = torch.from_numpy(targets[start:end])
-        scores = score_fn(histories).detach().float().cpu()
-        # NaN compares false, so it would rank first: make it the worst score instead
-        scores = torch.nan_to_num(scores, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+        scores = finite_scores(score_fn(histories))
         ranks["full"].append(full_ranks(scores, tgt))
         ranks["full_masked"].append(full_ranks(mask_seen(scores, histories, tgt), tgt))
         ranks["pop100"].append(sampled_ranks(scores, tgt, torch.from_numpy(negatives[start:end])))
@@ -123,16 +143,39 @@ def evaluate(
     return out
 
 
-def model_score_fn(
-    model: SequentialRecommender, max_len: int, device: str | torch.device = "cpu"
-) -> ScoreFn:
-    """Adapter: keep the last ``max_len`` clicks, right-pad, ``full_sort_predict``."""
+def score_fn(model: SequentialRecommender, device: str | torch.device | None = None) -> ScoreFn:
+    """Histories -> scores (call in eval mode). A model that ``chunks`` reads each whole history;
+    the others keep their last ``max_len`` clicks, right-padded, as in training."""
+    device = model.item_embeddings().device if device is None else device
 
+    @torch.no_grad()
     def score(histories: list[np.ndarray]) -> Tensor:
-        item_seq, lengths = sequences_to_batch(histories, max_len)
+        if model.chunks:
+            return model.logits(encode_histories(model, histories, device))
+        item_seq, lengths = sequences_to_batch(histories, model.max_len)
         return model.full_sort_predict(item_seq.to(device), lengths.to(device))
 
     return score
+
+
+@torch.no_grad()
+def encode_histories(
+    model: SequentialRecommender, histories: list[np.ndarray], device: str | torch.device = "cpu"
+) -> Tensor:
+    """User representations after whole histories, for a model that ``chunks``: replay all but
+    the last click in chunks of L (state only), then one exact ``step`` for the last click."""
+    L = model.max_len
+    seq, lengths = sequences_to_batch([h[:-1] for h in histories], max_len=10**9)
+    seq, lengths = seq.to(device), lengths.to(device)
+    state = model.init_state(len(histories))
+    for start in range(0, seq.size(1), L):
+        rows = (lengths > start).nonzero().squeeze(1)  # users with clicks left: no padding work
+        n = (lengths[rows] - start).clamp(max=L)
+        _, state[rows] = model.streaming_chunk(
+            seq[rows, start : start + L], n, state[rows], with_outputs=False
+        )
+    last = torch.tensor([int(h[-1]) for h in histories], device=device)
+    return model.step(state, last)[1]
 
 
 def evaluate_model(
@@ -141,16 +184,15 @@ def evaluate_model(
     targets: np.ndarray,
     item_counts: np.ndarray,
     *,
-    max_len: int,
     batch_size: int = 512,
     seed: int = 0,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> dict:
     """``evaluate`` for a model in eval mode (restores its training flag afterwards)."""
     was_training = model.training
     model.eval()
     try:
-        fn = model_score_fn(model, max_len, device)
+        fn = score_fn(model, device)
         return evaluate(fn, inputs, targets, item_counts, batch_size=batch_size, seed=seed)
     finally:
         model.train(was_training)

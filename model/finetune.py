@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from model.evaluate import full_ranks, mask_seen, metrics_from_ranks
-from model.glintru import GlintRU
-from model.train import batches, is_streaming, score_fn, streaming_loss_steps, windows
+from model.evaluate import masked_ranks, metrics_from_ranks, score_fn
+from model.glintru import GlintRU, build_glintru
+from model.steps import LossStep, loss_steps
 
 K = 10  # the cut-off of the gate's figures: HR@10 and NDCG@10
 GATE_METRIC = f"NDCG@{K}"
@@ -65,7 +64,7 @@ def grow_vocabulary(
     added = [item for item in dict.fromkeys(new_items) if item not in known]
     if not added:
         return copy.deepcopy(model), vocab
-    grown = GlintRU(replace(model.config, num_items=model.num_items + len(added)))
+    grown = build_glintru(replace(model.config, num_items=model.num_items + len(added)))
     grown.to(model.item_embedding.weight.device)
     state = model.state_dict()
     old_table = state.pop("item_embedding.weight")
@@ -110,33 +109,26 @@ def split_holdout(
 def holdout_metrics(model: GlintRU, sequences: list[np.ndarray]) -> dict[str, float]:
     """Next-click HR@10 and NDCG@10 of each sequence's last click given the clicks before it.
 
-    Full ranking over the model's items with the history masked (the worker masks seen items).
-    Items beyond the model's vocabulary (grown since) are dropped from histories, and a target
-    the model cannot score, or a user with no known history left, is a miss.
+    The evaluator's full ranking with the history masked (the worker masks seen items). Items
+    beyond the model's vocabulary (grown since) are dropped from histories, and a target the
+    model cannot score, or a user with no known history left, is a miss.
     """
     if not sequences:
         raise ValueError("no holdout sequences")
+    histories = [s[:-1][s[:-1] <= model.num_items] for s in sequences]
+    targets = torch.tensor([int(s[-1]) for s in sequences])
+    known = (targets <= model.num_items) & torch.tensor([len(h) > 0 for h in histories])
+    scorable = known.nonzero().squeeze(1).tolist()
+    ranks = torch.full((len(sequences),), MISS_RANK, dtype=torch.long)
     was_training = model.training
     model.eval()
-    device = model.item_embedding.weight.device
-    score = score_fn(model, model.config.max_len, device)
-    ranks = []
     try:
-        for start in range(0, len(sequences), EVAL_BATCH_SIZE):
-            chunk = sequences[start : start + EVAL_BATCH_SIZE]
-            histories = [s[:-1][s[:-1] <= model.num_items] for s in chunk]
-            targets = torch.tensor([int(s[-1]) for s in chunk])
-            known = (targets <= model.num_items) & torch.tensor([len(h) > 0 for h in histories])
-            safe_targets = torch.where(known, targets, torch.ones_like(targets))
-            safe_histories = [h if len(h) else np.ones(1, np.int64) for h in histories]
-            scores = score(safe_histories).detach().float().cpu()
-            # NaN compares false, so it would rank first: make it the worst score instead
-            scores = torch.nan_to_num(scores, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
-            rank = full_ranks(mask_seen(scores, safe_histories, safe_targets), safe_targets)
-            ranks.append(torch.where(known, rank, torch.full_like(rank, MISS_RANK)))
+        ranks[known] = masked_ranks(
+            score_fn(model), [histories[i] for i in scorable], targets[known], EVAL_BATCH_SIZE
+        )
     finally:
         model.train(was_training)
-    figures = metrics_from_ranks(torch.cat(ranks).numpy())
+    figures = metrics_from_ranks(ranks.numpy())
     return {f"HR@{K}": figures[f"HR@{K}"], GATE_METRIC: figures[GATE_METRIC]}
 
 
@@ -152,22 +144,12 @@ def weights_finite(model: torch.nn.Module) -> bool:
 
 
 # ----------------------------------------------------------------------------- training
-def _loss_steps(
+def _cycled(
     model: GlintRU, sequences: list[np.ndarray], batch_size: int, rng: np.random.Generator
-) -> Iterator[Callable[[], Tensor]]:
-    """One closure per optimiser step, cycling over the data until the caller stops."""
-    device = model.item_embedding.weight.device
-    rows = [] if is_streaming(model) else windows(sequences, model.config.max_len)
+) -> Iterator[LossStep]:
+    """The training loss steps, epoch after epoch, until the caller stops."""
     while True:
-        if is_streaming(model):
-            yield from streaming_loss_steps(model, sequences, batch_size, rng)
-        else:
-            for batch in batches(rows, batch_size, rng):
-
-                def loss(b: dict[str, Tensor] = batch) -> Tensor:
-                    return model.calculate_loss({k: v.to(device) for k, v in b.items()})
-
-                yield loss
+        yield from loss_steps(model, sequences, batch_size, rng)
 
 
 def finetune(
@@ -191,7 +173,7 @@ def finetune(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
-    for _, loss_fn in zip(range(steps), _loss_steps(tuned, usable, batch_size, rng)):
+    for _, loss_fn in zip(range(steps), _cycled(tuned, usable, batch_size, rng)):
         loss = loss_fn()
         if not torch.isfinite(loss):
             break

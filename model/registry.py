@@ -28,14 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from model.checkpoint import (
-    MANIFEST,
-    WEIGHTS,
-    CheckpointError,
-    model_kind,
-    read_manifest,
-    sha256_file,
-)
+from model.checkpoint import MANIFEST, WEIGHTS, verify_checkpoint
 
 CURRENT = "CURRENT"
 HISTORY = "history.jsonl"
@@ -80,22 +73,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
-
-
-def validate_checkpoint(directory: Path) -> dict[str, Any]:
-    """The manifest of a complete checkpoint: readable, known kind, weights matching their hash."""
-    manifest = read_manifest(directory)
-    model_kind(manifest["kind"])  # unknown kinds would only fail later, inside a worker
-    weights = directory / manifest.get("weights_file", WEIGHTS)
-    if not weights.is_file():
-        raise CheckpointError(f"{weights} is missing")
-    digest = sha256_file(weights)
-    if digest != manifest.get("weights_sha256"):
-        raise CheckpointError(
-            f"{weights}: sha256 {digest} does not match the manifest's "
-            f"{manifest.get('weights_sha256')!r}"
-        )
-    return manifest
 
 
 class Registry:
@@ -195,7 +172,7 @@ class Registry:
     ) -> VersionInfo:
         """Copy a checkpoint in as the next version and make it current."""
         src = Path(checkpoint_dir).resolve()
-        validate_checkpoint(src)  # fail before copying anything
+        verify_checkpoint(src)  # fail before copying anything
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.versions_dir / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
         tmp.mkdir()
@@ -205,7 +182,7 @@ class Registry:
                 shutil.copyfile(src / name, tmp / name)
                 with open(tmp / name, "rb") as f:
                     os.fsync(f.fileno())
-            validate_checkpoint(tmp)  # the copy itself, not just the source
+            verify_checkpoint(tmp)  # the copy itself, not just the source
             with self._locked():
                 version = max(self._versions(), default=0) + 1
                 info = {

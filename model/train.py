@@ -1,15 +1,6 @@
-"""Training: leave-one-out by time, Adam, cross-entropy over all items at every position,
-early stopping on validation NDCG@10 (full ranking, seen items masked), best checkpoint saved.
-
-Every prefix of a user is trained in one pass (``calculate_loss`` with per-position targets),
-instead of RecBole's one sample per prefix. Histories longer than the window L are cut into
-windows of L, newest first, that overlap by L - stride: each window trains only the targets of
-its newest ``stride`` positions (the oldest window trains all of its own), so every target is
-trained once and sees at least L - stride + 1 clicks of context. The official model gives every
-target the L clicks before it: stride 1 is exact, stride L (the default) cheapest, and targets
-early in an older window see fewer clicks (the documented deviation). The streaming variant
-instead runs each user's whole history in chunks of L with its recurrent state carried between
-chunks (truncated backpropagation).
+"""The training harness: leave-one-out by time, Adam over the shared loss steps
+(``model.steps``: every prefix in one pass, windows or carried chunks), early stopping on
+validation NDCG@10 (full ranking, seen items masked), the best checkpoint saved.
 """
 
 from __future__ import annotations
@@ -18,8 +9,8 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,30 +19,23 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from model.baselines import (
-    GRU4Rec,
-    GRU4RecConfig,
-    Popularity,
-    PopularityConfig,
-    SASRec,
-    SASRecConfig,
-)
-from model.checkpoint import load_checkpoint, save_checkpoint
+from model.baselines import Popularity
+from model.catalog import MODELS
+from model.checkpoint import build_model as build_kind
+from model.checkpoint import load_checkpoint, model_kind, save_checkpoint
 from model.data import (
     SequenceData,
     Split,
     item_counts,
     leave_one_out,
     load_dataset,
-    sequences_to_batch,
 )
-from model.evaluate import evaluate, model_score_fn
-from model.glintru import GlintRU, GlintRUConfig
+from model.evaluate import evaluate, score_fn
 from model.recommender import SequentialRecommender
+from model.steps import loss_steps
 
 log = logging.getLogger(__name__)
 
-MODELS = ("glintru", "glintru-streaming", "sasrec", "gru4rec", "popularity")
 # The official window per dataset (GLINT-RU's dataset yamls; ml-100k borrows ml-1m's).
 DEFAULT_MAX_LEN = {"ml-1m": 200, "ml-100k": 200, "amazon-beauty": 100, "amazon-video-games": 100}
 
@@ -93,155 +77,28 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- models
+# the config fields --hidden-size and --dropout set, per kind
+HIDDEN_FIELD = {"glintru": "hidden_size", "sasrec": "d", "gru4rec": "d"}
+DROPOUT_FIELDS = {
+    "glintru": ("emb_dropout", "attn_dropout", "gate_dropout", "mix_dropout", "mlp_dropout"),
+    "sasrec": ("dropout",),
+    "gru4rec": ("dropout",),
+}
+
+
 def build_model(config: TrainConfig, num_items: int) -> tuple[SequentialRecommender, str, Any]:
     """(model, checkpoint kind, model config) for ``config.model``."""
-    extra: dict[str, Any] = dict(config.model_overrides)
-    L = config.window
-    if config.model.startswith("glintru"):
-        variant = "streaming" if config.model == "glintru-streaming" else "faithful"
-        if config.hidden_size:
-            extra["hidden_size"] = config.hidden_size
-        if config.dropout is not None:
-            extra.update(
-                {
-                    k: config.dropout
-                    for k in (
-                        "emb_dropout",
-                        "attn_dropout",
-                        "gate_dropout",
-                        "mix_dropout",
-                        "mlp_dropout",
-                    )
-                }
-            )
-        cfg: Any = GlintRUConfig(num_items=num_items, max_len=L, variant=variant, **extra)
-        return GlintRU(cfg), "glintru", cfg
-    if config.model == "sasrec":
-        if config.hidden_size:
-            extra["d"] = config.hidden_size
-        if config.dropout is not None:
-            extra["dropout"] = config.dropout
-        cfg = SASRecConfig(num_items=num_items, max_len=L, **extra)
-        return SASRec(cfg), "sasrec", cfg
-    if config.model == "gru4rec":
-        if config.hidden_size:
-            extra["d"] = config.hidden_size
-        if config.dropout is not None:
-            extra["dropout"] = config.dropout
-        cfg = GRU4RecConfig(num_items=num_items, **extra)
-        return GRU4Rec(cfg), "gru4rec", cfg
-    if config.model == "popularity":
-        cfg = PopularityConfig(num_items=num_items)
-        return Popularity(cfg), "popularity", cfg
-    raise ValueError(f"unknown model {config.model!r}; known: {', '.join(MODELS)}")
-
-
-def is_streaming(model: SequentialRecommender) -> bool:
-    return isinstance(model, GlintRU) and model.config.variant == "streaming"
-
-
-# ----------------------------------------------------------------------------- batches
-def windows(
-    sequences: list[np.ndarray], max_len: int, stride: int | None = None
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(inputs, targets) windows of at most L positions, newest first, every target trained once.
-
-    A window ending at ``end`` trains the targets at [end - stride, end); the others are set to
-    0 (the pad, which the loss skips) because a newer window already trained them.
-    """
-    stride = max_len if stride is None else stride
-    if not 1 <= stride <= max_len:
-        raise ValueError(f"window stride {stride} must be in 1..{max_len}")
-    rows = []
-    for seq in sequences:
-        inputs, targets = seq[:-1], seq[1:]
-        end = len(inputs)
-        while end > 0:
-            start = max(0, end - max_len)
-            trained_from = start if start == 0 else end - stride
-            tgt = targets[start:end].copy()
-            tgt[: trained_from - start] = 0
-            rows.append((inputs[start:end], tgt))
-            end = start if start == 0 else end - stride
-    return rows
-
-
-def batches(
-    rows: list[tuple[np.ndarray, np.ndarray]], batch_size: int, rng: np.random.Generator
-) -> Iterator[dict[str, Tensor]]:
-    """Rows of similar length together (little padding), in a random order of batches."""
-    order = sorted(rng.permutation(len(rows)), key=lambda i: len(rows[i][0]))
-    groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for g in rng.permutation(len(groups)):
-        chosen = [rows[i] for i in groups[g]]
-        item_seq, lengths = sequences_to_batch([r[0] for r in chosen], max_len=10**9)
-        targets, _ = sequences_to_batch([r[1] for r in chosen], max_len=10**9)
-        yield {"item_seq": item_seq, "item_seq_len": lengths, "targets": targets}
-
-
-def streaming_loss_steps(
-    model: GlintRU, sequences: list[np.ndarray], batch_size: int, rng: np.random.Generator
-) -> Iterator[Callable[[], Tensor]]:
-    """Per chunk of L clicks, a closure computing the loss; the state is carried across chunks."""
-    L = model.config.max_len
-    users = [s for s in sequences if len(s) >= 2]
-    order = sorted(rng.permutation(len(users)), key=lambda i: len(users[i]))
-    groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    device = model.item_embedding.weight.device
-    for g in rng.permutation(len(groups)):
-        chosen = [users[i] for i in groups[g]]
-        inputs, lengths = sequences_to_batch([s[:-1] for s in chosen], max_len=10**9)
-        targets, _ = sequences_to_batch([s[1:] for s in chosen], max_len=10**9)
-        state = model.init_state(len(chosen))
-        for start in range(0, inputs.size(1), L):
-            chunk_len = (lengths - start).clamp(0, L)
-            batch = (inputs[:, start : start + L], chunk_len, targets[:, start : start + L])
-
-            def loss(batch: tuple[Tensor, Tensor, Tensor] = batch) -> Tensor:
-                nonlocal state
-                seq, n, tgt = (t.to(device) for t in batch)
-                out, new_state = model.streaming_chunk(seq, n, state)
-                state = replace(new_state, vec=new_state.vec.detach())
-                assert out is not None
-                keep = tgt > 0
-                return torch.nn.functional.cross_entropy(model.logits(out[keep]), tgt[keep])
-
-            yield loss
-
-
-# ----------------------------------------------------------------------------- scoring
-def score_fn(model: SequentialRecommender, max_len: int, device: str | torch.device = "cpu"):
-    """Histories -> scores. The streaming variant reads each whole history (chunks of L)."""
-    if not is_streaming(model):
-        return model_score_fn(model, max_len, device)
-    assert isinstance(model, GlintRU)
-
-    @torch.no_grad()
-    def score(histories: list[np.ndarray]) -> Tensor:
-        return model.logits(encode_streaming(model, histories, device))
-
-    return score
-
-
-@torch.no_grad()
-def encode_streaming(
-    model: GlintRU, histories: list[np.ndarray], device: str | torch.device = "cpu"
-) -> Tensor:
-    """User representations after whole histories: replay all but the last click in chunks of
-    L (state only), then one exact ``step`` for the last click."""
-    L = model.config.max_len
-    seq, lengths = sequences_to_batch([h[:-1] for h in histories], max_len=10**9)
-    seq, lengths = seq.to(device), lengths.to(device)
-    state = model.init_state(len(histories))
-    for start in range(0, seq.size(1), L):
-        rows = (lengths > start).nonzero().squeeze(1)  # users with clicks left: no padding work
-        n = (lengths[rows] - start).clamp(max=L)
-        _, sub = model.streaming_chunk(
-            seq[rows, start : start + L], n, state[rows], with_outputs=False
-        )
-        state.n[rows], state.ring[rows], state.vec[rows] = sub.n, sub.ring, sub.vec
-    last = torch.tensor([int(h[-1]) for h in histories], device=device)
-    return model.step(state, last)[1]
+    if config.model not in MODELS:
+        raise ValueError(f"unknown model {config.model!r}; known: {', '.join(MODELS)}")
+    kind, fixed = MODELS[config.model]
+    values: dict[str, Any] = {"num_items": num_items, "max_len": config.window, **fixed}
+    if config.hidden_size and kind in HIDDEN_FIELD:
+        values[HIDDEN_FIELD[kind]] = config.hidden_size
+    if config.dropout is not None:
+        values.update({f: config.dropout for f in DROPOUT_FIELDS.get(kind, ())})
+    values.update(config.model_overrides)
+    model_config = model_kind(kind).config_cls()(**values)
+    return build_kind(kind, model_config), kind, model_config
 
 
 def evaluate_split(
@@ -254,7 +111,7 @@ def evaluate_split(
     was_training = model.training
     model.eval()
     try:
-        fn = score_fn(model, config.window, config.device)
+        fn = score_fn(model, config.device)
         return evaluate(
             fn, inputs, targets, counts, batch_size=config.eval_batch_size, seed=config.seed
         )
@@ -344,41 +201,31 @@ def _fit(
     on_best: Callable[[int], None],
 ) -> tuple[dict[str, Tensor], int]:
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    rows = windows(split.train, config.window, config.window_stride)
     best_ndcg, best_epoch, best_state, waited = -math.inf, 0, copy.deepcopy(model.state_dict()), 0
     for epoch in range(1, config.epochs + 1):
         model.train()
-        t0, total, steps = time.monotonic(), 0.0, 0
-        if is_streaming(model):
-            assert isinstance(model, GlintRU)
-            step_losses: Iterator[Callable[[], Tensor]] = streaming_loss_steps(
-                model, split.train, config.batch_size, rng
-            )
-        else:
-            step_losses = (
-                (lambda b=b: model.calculate_loss({k: v.to(config.device) for k, v in b.items()}))
-                for b in batches(rows, config.batch_size, rng)
-            )
-        for loss_fn in tqdm(
-            step_losses, desc=f"epoch {epoch}", disable=not config.progress, leave=False
-        ):
+        t0, total, n_steps = time.monotonic(), 0.0, 0
+        steps = loss_steps(model, split.train, config.batch_size, rng, config.window_stride)
+        for loss_fn in tqdm(steps, desc=f"epoch {epoch}", disable=not config.progress, leave=False):
             loss = loss_fn()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, steps = total + loss.item(), steps + 1
+            total, n_steps = total + loss.item(), n_steps + 1
         train_seconds = time.monotonic() - t0
         elapsed_min = (time.monotonic() - started) / 60
         out_of_time = config.max_minutes is not None and elapsed_min >= config.max_minutes
         if epoch % config.eval_every and epoch < config.epochs and not out_of_time:
-            log.info("epoch %d loss %.4f train %.1fs", epoch, total / max(steps, 1), train_seconds)
+            log.info(
+                "epoch %d loss %.4f train %.1fs", epoch, total / max(n_steps, 1), train_seconds
+            )
             continue
         valid = evaluate_split(model, split.valid_inputs, split.valid_targets, counts, config)
         ndcg = valid["full_masked"]["NDCG@10"]
         history.append(
             {
                 "epoch": epoch,
-                "loss": round(total / max(steps, 1), 4),
+                "loss": round(total / max(n_steps, 1), 4),
                 "train_seconds": round(train_seconds, 1),
                 "valid_HR@10": valid["full_masked"]["HR@10"],
                 "valid_NDCG@10": ndcg,
@@ -387,7 +234,7 @@ def _fit(
         log.info(
             "epoch %d loss %.4f train %.1fs valid HR@10 %.4f NDCG@10 %.4f",
             epoch,
-            total / max(steps, 1),
+            total / max(n_steps, 1),
             train_seconds,
             valid["full_masked"]["HR@10"],
             ndcg,
@@ -434,6 +281,5 @@ def evaluate_checkpoint(
     inputs = split_data.test_inputs if split == "test" else split_data.valid_inputs
     targets = split_data.test_targets if split == "test" else split_data.valid_targets
     histories = [h[h > 0] for h in (to_model[s] for s in inputs)]
-    window = getattr(model.config, "max_len", DEFAULT_MAX_LEN.get(dataset, 50))
-    config = TrainConfig(dataset=dataset, max_len=window, seed=seed, device=device)
+    config = TrainConfig(dataset=dataset, max_len=model.max_len, seed=seed, device=device)
     return evaluate_split(model, histories, to_model[targets], model_counts, config)

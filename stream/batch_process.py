@@ -1,24 +1,22 @@
-"""The worker's batch process: the ``ClickProcessor`` in a child process of its own.
+"""The worker's batch process: the ``BatchPipeline`` in a child process of its own.
 
 Why a process and not a thread: faust's event loop needs the GIL for every click it delivers,
-and the batch's Python work (model dispatch, JSON, sends, RocksDB) held it for ~40% of the time.
-Measured at max rate on 2 cores (docs/benchmarks.md): the same worker delivered ~3,400
-clicks/s with a batch thread and ~7,400 with this process. The two now share nothing but the
-micro-batches going in (pickled ``RawClick`` lists) and small offset maps coming back.
+and the batch's Python work (model dispatch, JSON, sends, RocksDB) would hold it much of the
+time (docs/benchmarks.md has the measurements). The two share nothing but the micro-batches
+going in (pickled ``RawClick`` lists) and small offset maps coming back.
 
 Lifecycle:
 
 - spawned, not forked (faust's threads are already running when it starts), once, by
   ``BatchProcess.start``; a failure while building the processor (e.g. no model to serve) is
   raised by ``start`` in the worker itself, as the original exception;
-- one call at a time, in submission order (``ProcessPoolExecutor`` with one worker), exactly
-  like the single batch thread it replaces;
+- one call at a time, in submission order (``ProcessPoolExecutor`` with one worker);
 - it dies with the worker: the kernel kills it when the worker dies, even by SIGKILL
   (``PR_SET_PDEATHSIG``, Linux), so a restarted worker never finds RocksDB still locked. It
   ignores SIGINT/SIGTERM (Ctrl-C reaches the whole process group): the worker decides when it
   stops, after the batch in flight (``close``);
 - if it dies anyway, every call raises ``BrokenProcessPool`` and the worker exits for a
-  restart (``stream.app``); the state is crash-consistent by construction.
+  restart (``stream.worker``); the state is crash-consistent by construction.
 
 Metrics: the child serves its registry (``metrics.BATCH_REGISTRY``) on a private loopback port,
 and the worker's public endpoint includes it at every scrape (``ChildMetrics``), so a scrape sees
@@ -47,12 +45,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from stream import metrics
-from stream.changelog import ChangelogReader
-from stream.processor import ClickProcessor, RawClick
+from stream.model_source import ModelSource
+from stream.pipeline import BatchPipeline, RawClick
 from stream.publisher import Publisher
-from stream.scoring import ModelSource
 from stream.settings import Settings
-from stream.state import StateStore, StoreOptions
+from stream.state import ChangelogReader, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -173,31 +170,18 @@ class ChildMetrics(Collector):
 
 
 # ---------------------------------------------------------------------- in the child
-def build_processor(settings: Settings) -> ClickProcessor:
+def build_pipeline(settings: Settings) -> BatchPipeline:
     torch.set_num_threads(settings.worker.torch_threads)
-    models = ModelSource(
-        settings.paths.registry_dir,
-        settings.paths.checkpoint_dir,
-        settings.torch_device(),
-        settings.worker.top_k,
-        settings.worker.mask_seen,
-        settings.worker.scoring_mode,
-    )
-    options = StoreOptions(
-        settings.rocksdb.block_cache_mb,
-        settings.rocksdb.write_buffer_mb,
-        settings.rocksdb.max_write_buffers,
-    )
-    return ClickProcessor(
+    return BatchPipeline(
         settings,
-        StateStore(settings.paths.state_dir / settings.worker.id / "users", options),
+        StateStore(settings.paths.state_dir / settings.worker.id / "users", settings.rocksdb),
         Publisher(settings),
-        ChangelogReader(settings),
-        models,
+        ChangelogReader.from_settings(settings),
+        ModelSource(settings.paths.registry_dir, settings.paths.checkpoint_dir),
     )
 
 
-_processor: ClickProcessor = None  # type: ignore[assignment]  # set by _child_start
+_pipeline: BatchPipeline | None = None  # set by _child_start
 _metrics_port: int | None = None
 _start_error: BaseException | None = None
 
@@ -211,43 +195,48 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _child_start(settings: Settings, parent_pid: int, loglevel: str) -> None:
-    global _processor, _metrics_port, _start_error
+    global _pipeline, _metrics_port, _start_error
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=loglevel, format=LOG_FORMAT)
     try:
-        _processor = build_processor(settings)
+        _pipeline = build_pipeline(settings)
         server, _ = start_http_server(0, "127.0.0.1", registry=metrics.BATCH_REGISTRY)
         _metrics_port = server.server_port
     except BaseException as e:  # raised again by _child_started, in the worker
         _start_error = e
 
 
+def _the_pipeline() -> BatchPipeline:
+    assert _pipeline is not None, "the batch process did not start"
+    return _pipeline
+
+
 def _child_started() -> tuple[int, int | None, int]:
     if _start_error is not None:
         raise _start_error
-    return os.getpid(), _metrics_port, _processor.scorer.version
+    return os.getpid(), _metrics_port, _the_pipeline().scorer.version
 
 
 def _child_process(batch: list[RawClick], assigned: set[int]) -> Outcome:
-    seeks = _processor.process(batch, assigned)
-    return Outcome(seeks, _processor.applied_offsets())
+    seeks = _the_pipeline().process(batch, assigned)
+    return Outcome(seeks, _the_pipeline().applied_offsets())
 
 
 def _child_prepare(partitions: set[int]) -> dict[int, int]:
-    return _processor.prepare(partitions)
+    return _the_pipeline().prepare(partitions)
 
 
 def _child_refresh_model() -> int:
-    _processor.refresh_model()
-    return _processor.scorer.version
+    _the_pipeline().refresh_model()
+    return _the_pipeline().scorer.version
 
 
 def _child_update_store_metrics() -> None:
-    _processor.update_store_metrics()
+    _the_pipeline().update_store_metrics()
 
 
 def _child_close() -> None:
-    if _processor is not None:
-        _processor.close()
+    if _pipeline is not None:
+        _pipeline.close()

@@ -12,15 +12,12 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
-from confluent_kafka.admin import AdminClient, NewTopic
-
-from stream.settings import Settings
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 log = logging.getLogger(__name__)
 
@@ -156,61 +153,6 @@ class Broker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-class BrokerUnreachable(RuntimeError):
-    """No broker answered at the configured bootstrap servers."""
-
-
-REACHABLE_TIMEOUT_S = 5.0
-
-
-def ensure_reachable(settings: Settings, timeout_s: float = REACHABLE_TIMEOUT_S) -> None:
-    """Raise ``BrokerUnreachable`` with one line that names the servers, or return.
-
-    librdkafka's own connection errors are silenced here: a closed port would otherwise print
-    a line per retry while the caller waits.
-    """
-    admin = AdminClient({**settings.kafka.confluent_config(), "log_level": 0})
-    try:
-        admin.list_topics(timeout=timeout_s)
-    except KafkaException as e:
-        raise BrokerUnreachable(
-            f"no Kafka broker answered at {settings.kafka.bootstrap_servers} within "
-            f"{timeout_s:.0f} s ({e.args[0].str() if e.args else e}); start the embedded one "
-            "with `glintstream broker`, or set KAFKA_BOOTSTRAP_SERVERS"
-        ) from None
-
-
-def ensure_topics(
-    config: Settings | Mapping[str, Any], names: Iterable[str], partitions: int = 4
-) -> None:
-    """Create missing topics. Existing ones are left alone: Tansu cannot add partitions."""
-    conf: dict[str, Any] = (
-        config.kafka.confluent_config() if isinstance(config, Settings) else dict(config)
-    )
-    admin = AdminClient(conf)
-    existing = admin.list_topics(timeout=10).topics
-    new = [NewTopic(n, num_partitions=partitions) for n in names if n not in existing]
-    for name, future in admin.create_topics(new).items() if new else ():
-        try:
-            future.result()
-        except KafkaException as e:
-            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-            log.debug("topic %s already exists", name)
-
-
-def poll_batch(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
-    """Up to ``max_messages`` as soon as one is there, or [] after ``timeout`` seconds.
-
-    confluent-kafka's ``consume(n, timeout)`` returns only when it has n messages or the whole
-    timeout is over: a reader of a slow stream would wait the timeout on every call.
-    """
-    first = consumer.poll(timeout)
-    if first is None:
-        return []
-    return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
 
 
 class _Stop(Exception):

@@ -21,33 +21,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from stream.messages import RejectReason
+
 MAX_ID_CHARS = 128
 MAX_INT_ID = 2**63 - 1  # an int64: what Kafka-side tooling and numpy can hold
 MAX_TS = 1e11  # unix seconds around the year 5138: anything later is a unit mistake (ms, µs)
-
-# Rejection reasons: the `reason` of every DLQ record and the label of the rejection counter.
-OVERSIZED = "oversized"
-INVALID_JSON = "invalid_json"
-NOT_AN_OBJECT = "not_an_object"
-MISSING_FIELD = "missing_field"
-BAD_USER_ID = "bad_user_id"
-BAD_ITEM_ID = "bad_item_id"
-BAD_TS = "bad_ts"
-BAD_EVENT_ID = "bad_event_id"
-KEY_MISMATCH = "key_mismatch"
-UNKNOWN_ITEM = "unknown_item"  # decided later, by the scorer's vocabulary
-REASONS = (
-    OVERSIZED,
-    INVALID_JSON,
-    NOT_AN_OBJECT,
-    MISSING_FIELD,
-    BAD_USER_ID,
-    BAD_ITEM_ID,
-    BAD_TS,
-    BAD_EVENT_ID,
-    KEY_MISMATCH,
-    UNKNOWN_ITEM,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,15 +35,22 @@ class Click:
     ts: float
     event_id: str | None = None
 
+    def to_json(self) -> bytes:
+        """The click as a producer sends it (what ``parse_click`` reads back)."""
+        value: dict[str, Any] = {"user_id": self.user_id, "item_id": self.item_id, "ts": self.ts}
+        if self.event_id is not None:
+            value["event_id"] = self.event_id
+        return json.dumps(value).encode()
+
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    reason: str  # one of REASONS
+    reason: RejectReason
     detail: str
 
 
 class _Invalid(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: RejectReason, detail: str) -> None:
         super().__init__(reason, detail)
         self.rejection = Rejection(reason, detail)
 
@@ -75,7 +60,7 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _id(value: Any, reason: str, field: str) -> str:
+def _id(value: Any, reason: RejectReason, field: str) -> str:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise _Invalid(
             reason, f"{field} must be a string or an integer, got {type(value).__name__}"
@@ -94,40 +79,44 @@ def _id(value: Any, reason: str, field: str) -> str:
 
 def _ts(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Invalid(BAD_TS, f"ts must be a number, got {type(value).__name__}")
+        raise _Invalid(RejectReason.BAD_TS, f"ts must be a number, got {type(value).__name__}")
     ts = float(value)
     if not math.isfinite(ts) or not 0 <= ts <= MAX_TS:
-        raise _Invalid(BAD_TS, f"ts {value!r} is not unix seconds in [0, {MAX_TS:.0e}]")
+        raise _Invalid(
+            RejectReason.BAD_TS, f"ts {value!r} is not unix seconds in [0, {MAX_TS:.0e}]"
+        )
     return ts
 
 
 def parse_click(value: bytes | None, key: bytes | None, max_bytes: int) -> Click | Rejection:
     """A typed click, or why the message cannot be one. Never raises."""
     if value is None:
-        return Rejection(INVALID_JSON, "empty message (tombstone)")
+        return Rejection(RejectReason.INVALID_JSON, "empty message (tombstone)")
     if len(value) > max_bytes:
-        return Rejection(OVERSIZED, f"{len(value)} bytes > {max_bytes}")
+        return Rejection(RejectReason.OVERSIZED, f"{len(value)} bytes > {max_bytes}")
     try:
         obj = json.loads(value, parse_constant=_no_constants)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-        return Rejection(INVALID_JSON, str(e)[:200])
+        return Rejection(RejectReason.INVALID_JSON, str(e)[:200])
     if not isinstance(obj, dict):
-        return Rejection(NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}")
+        return Rejection(
+            RejectReason.NOT_AN_OBJECT, f"expected a JSON object, got {type(obj).__name__}"
+        )
     missing = [f for f in ("user_id", "item_id", "ts") if f not in obj]
     if missing:
-        return Rejection(MISSING_FIELD, f"missing {', '.join(missing)}")
+        return Rejection(RejectReason.MISSING_FIELD, f"missing {', '.join(missing)}")
     try:
-        user_id = _id(obj["user_id"], BAD_USER_ID, "user_id")
-        item_id = _id(obj["item_id"], BAD_ITEM_ID, "item_id")
+        user_id = _id(obj["user_id"], RejectReason.BAD_USER_ID, "user_id")
+        item_id = _id(obj["item_id"], RejectReason.BAD_ITEM_ID, "item_id")
         ts = _ts(obj["ts"])
         event_id = obj.get("event_id")
         if event_id is not None:
-            event_id = _id(event_id, BAD_EVENT_ID, "event_id")
+            event_id = _id(event_id, RejectReason.BAD_EVENT_ID, "event_id")
     except _Invalid as e:
         return e.rejection
     # The key picks the partition, and the partition owns the user's state: a click keyed
     # otherwise would be applied to a second, partial copy of the user.
     if key != user_id.encode():
         shown = key[:MAX_ID_CHARS] if key is not None else None
-        return Rejection(KEY_MISMATCH, f"key {shown!r} is not the user_id {user_id!r}")
+        return Rejection(RejectReason.KEY_MISMATCH, f"key {shown!r} is not the user_id {user_id!r}")
     return Click(user_id, item_id, ts, event_id)

@@ -18,7 +18,6 @@ thread, and a run is bounded by its step count, well under the consumer's max po
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import signal
@@ -33,7 +32,7 @@ from typing import Any
 import torch
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from model.checkpoint import MANIFEST, load_checkpoint, save_checkpoint
+from model.checkpoint import save_checkpoint
 from model.finetune import (
     GATE_METRIC,
     K,
@@ -49,11 +48,12 @@ from model.finetune import (
 from model.glintru import GlintRU
 from model.registry import Registry
 from stream import endpoints, metrics
-from stream.broker import ensure_topics
 from stream.clicks import Click, parse_click
 from stream.finetune_store import RecentClicks, StoredClick
-from stream.scoring import ModelNotFoundError
+from stream.messages import ModelUpdate, RunOutcome
+from stream.model_source import ModelSource
 from stream.settings import Settings
+from stream.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,12 @@ POLL_S = 0.5  # consume() timeout: how often the stop flag and the schedule are 
 ANNOUNCE_TIMEOUT_S = 30.0  # wait for the broker to ack a `model-updates` announcement
 HR, NDCG = f"HR@{K}", GATE_METRIC
 
-# Outcomes of a run (the label of glintstream_finetune_runs_total).
-PUBLISHED, REJECTED, SKIPPED, FAILED = "published", "rejected", "skipped", "failed"
 # The job's metrics live in stream.metrics (FINETUNE_*), served from FINETUNE_REGISTRY.
 
 
 @dataclass
 class RunResult:
-    outcome: str  # PUBLISHED, REJECTED, SKIPPED or FAILED
+    outcome: RunOutcome
     parent: int | None = None  # the version fine-tuned from (None: the fallback checkpoint)
     version: int | None = None  # the published version
     figures: dict[str, Any] = field(default_factory=dict)
@@ -82,12 +80,12 @@ class FinetuneJob:
         self.options = options = settings.finetune
         self.root = settings.paths.state_dir / "finetune"
         self.registry = Registry(settings.paths.registry_dir, keep=options.keep_versions)
+        self.models = ModelSource(settings.paths.registry_dir, settings.paths.checkpoint_dir)
         self.store = RecentClicks(
             self.root / "recent",
             options.user_clicks,
             options.max_users,
-            options.block_cache_mb,
-            settings.rocksdb.write_buffer_mb,
+            settings.rocksdb.model_copy(update={"block_cache_mb": options.block_cache_mb}),
         )
         self.device = settings.torch_device()
         self.runs = 0
@@ -101,20 +99,13 @@ class FinetuneJob:
     # ------------------------------------------------------------------ one run
     def load_current(self) -> tuple[GlintRU, dict[str, Any], int | None]:
         """(model, manifest, registry version or None for the fallback checkpoint)."""
-        info = self.registry.current()
-        if info is not None:
-            path, version = info.path, info.version
-        elif (self.settings.paths.checkpoint_dir / MANIFEST).is_file():
-            path, version = self.settings.paths.checkpoint_dir, None
-        else:
-            raise ModelNotFoundError(
-                f"nothing to fine-tune: no current version in {self.registry.root} and no "
-                f"checkpoint in {self.settings.paths.checkpoint_dir}"
+        loaded = self.models.load(self.device)
+        if not isinstance(loaded.model, GlintRU):
+            raise TypeError(
+                f"the fine-tune job trains GLINT-RU models, not {loaded.manifest['kind']}"
             )
-        model, manifest = load_checkpoint(path, device=self.device)
-        if not isinstance(model, GlintRU):
-            raise TypeError(f"the fine-tune job trains GLINT-RU models, not {manifest['kind']}")
-        return model, manifest, version
+        version = loaded.served.version if loaded.served.from_registry else None
+        return loaded.model, loaded.manifest, version
 
     def run_once(self) -> RunResult:
         """One fine-tune run on the stored clicks; logged and counted whatever the outcome."""
@@ -124,7 +115,7 @@ class FinetuneJob:
             result = self._run()
         except Exception:
             log.exception("fine-tune run %d failed", self.runs)
-            result = RunResult(FAILED)
+            result = RunResult(RunOutcome.FAILED)
         result.seconds = round(time.monotonic() - started, 2)
         self._report(result)
         return result
@@ -147,7 +138,7 @@ class FinetuneJob:
             "tolerance": opts.tolerance,
         }
         if len(holdout) < opts.min_holdout_users:
-            return RunResult(SKIPPED, parent, figures=figures)
+            return RunResult(RunOutcome.SKIPPED, parent, figures=figures)
         tuned = finetune(
             grown, train, opts.steps, opts.lr, batch_size=opts.batch_size, seed=opts.seed
         )
@@ -163,9 +154,9 @@ class FinetuneJob:
             }
         )
         if not (finite and gate(new, current, opts.tolerance)):
-            return RunResult(REJECTED, parent, figures=figures)
+            return RunResult(RunOutcome.REJECTED, parent, figures=figures)
         version = self._publish(tuned, vocab, manifest, parent, figures)
-        return RunResult(PUBLISHED, parent, version, figures)
+        return RunResult(RunOutcome.PUBLISHED, parent, version, figures)
 
     def _publish(
         self,
@@ -206,18 +197,18 @@ class FinetuneJob:
         announcement is logged and the version stays published (workers poll CURRENT)."""
         if self._producer is None:
             self._producer = Producer({**self.settings.kafka.confluent_config(), "acks": "all"})
-        message = {
-            "version": version,
-            "parent": parent,
-            "figures": figures,
-            "created": created,
-            "num_items": items,
-            "announced": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+        message = ModelUpdate(
+            version=version,
+            parent=parent,
+            created=created,
+            num_items=items,
+            figures=figures,
+            announced=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
         errors: list[KafkaError] = []
         self._producer.produce(
             self.settings.topics.model_updates,
-            json.dumps(message).encode(),
+            message.to_bytes(),
             str(version).encode(),
             on_delivery=lambda err, _msg: errors.append(err) if err else None,
         )

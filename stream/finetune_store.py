@@ -20,10 +20,12 @@ from pathlib import Path
 
 import rocksdict
 
+from stream.settings import RocksDBSettings
+from stream.state import MIB, rocksdb_options
+
 TICK_KEY = b"\x00tick"
 OFFSET_PREFIX = b"\x00offset:"
 NOTHING = -1  # offset meaning "nothing stored yet"
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,26 +42,15 @@ def _offset_key(partition: int) -> bytes:
 
 class RecentClicks:
     def __init__(
-        self,
-        path: Path,
-        max_clicks: int,
-        max_users: int,
-        block_cache_mb: int,
-        write_buffer_mb: int,
+        self, path: Path, max_clicks: int, max_users: int, options: RocksDBSettings
     ) -> None:
         if max_clicks < 2 or max_users < 1:
             raise ValueError("keep at least 2 clicks per user (history + target) and 1 user")
         self.max_clicks = max_clicks
         self.max_users = max_users
         path.mkdir(parents=True, exist_ok=True)
-        options = rocksdict.Options(raw_mode=True)
-        options.create_if_missing(True)
-        options.set_write_buffer_size(write_buffer_mb * MIB)
-        table = rocksdict.BlockBasedOptions()
-        table.set_block_cache(rocksdict.Cache(block_cache_mb * MIB))
-        table.set_cache_index_and_filter_blocks(True)  # bounded by the cache too
-        options.set_block_based_table_factory(table)
-        self._db = rocksdict.Rdict(str(path), options=options)
+        cache = rocksdict.Cache(options.block_cache_mb * MIB)
+        self._db = rocksdict.Rdict(str(path), options=rocksdb_options(options, cache))
         raw_tick = self._db.get(TICK_KEY)
         self._tick = 0 if raw_tick is None else int(raw_tick)
         self._offsets: dict[int, int] = {}

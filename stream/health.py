@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from stream.watchdog import Reason
+from stream.messages import StallReason as Reason
 
 
 class WorkerHealth:

@@ -17,7 +17,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from stream.watchdog import Reason
+from stream.messages import ClickOutcome, RejectReason, RunOutcome, StallReason
 
 # Latency buckets: 1 ms doubling up to 16.4 s (15 buckets) cover the 1 ms - 10 s range with a
 # worst-case quantile error of one bucket width (a factor of 2) anywhere in it.
@@ -76,6 +76,11 @@ GAPS = Counter(
 )
 MODEL_SWAPS = Counter(
     "glintstream_model_swaps_total", "Model versions hot-swapped in.", registry=_B
+)
+MODEL_LOAD_FAILURES = Counter(
+    "glintstream_model_load_failures_total",
+    "New current registry versions the worker could not load (it keeps serving the old one).",
+    registry=_B,
 )
 MODEL_VERSION = Gauge(
     "glintstream_model_version",
@@ -159,8 +164,6 @@ STALLS = Counter(
     ["reason"],
     registry=_C,
 )
-for _reason in Reason:  # every label value exists from the start, at 0
-    STALLS.labels(_reason)
 LAST_COMMIT = Gauge(
     "glintstream_last_commit_timestamp_seconds",
     "Unix time of the last successful Kafka offset commit (the worker's start before the "
@@ -188,8 +191,6 @@ def observe_published(
 # (`glintstream finetune`, stream/finetune.py)
 _F = FINETUNE_REGISTRY
 
-# The outcomes of a fine-tune run that move the streak (stream.finetune names all of them).
-RUN_PUBLISHED, RUN_REJECTED = "published", "rejected"
 
 FINETUNE_RUNS = Counter(
     "glintstream_finetune_runs_total",
@@ -246,11 +247,27 @@ FINETUNE_VOCAB_ITEMS = Gauge(
 )
 
 
-def record_finetune_run(outcome: str) -> None:
+def record_finetune_run(outcome: RunOutcome) -> None:
     """Count a finished run and keep the rejected-in-a-row streak the alerts watch."""
     FINETUNE_RUNS.labels(outcome).inc()
     FINETUNE_LAST_RUN.labels(outcome).set_to_current_time()
-    if outcome == RUN_REJECTED:
+    if outcome is RunOutcome.REJECTED:
         FINETUNE_REJECTED_IN_A_ROW.inc()
-    elif outcome == RUN_PUBLISHED:
+    elif outcome is RunOutcome.PUBLISHED:
         FINETUNE_REJECTED_IN_A_ROW.set(0)
+
+
+def _initialise_labels() -> None:
+    """Every label value exists from the start, at 0: a rate over a series that appears only
+    with its first event misses that event, and dashboards show nothing instead of 0."""
+    for outcome in ClickOutcome:
+        CLICKS.labels(outcome)
+    for reason in RejectReason:
+        REJECTED.labels(reason)
+    for stall in StallReason:
+        STALLS.labels(stall)
+    for run in RunOutcome:
+        FINETUNE_RUNS.labels(run)
+
+
+_initialise_labels()

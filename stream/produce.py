@@ -8,7 +8,6 @@ reorder them).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from model.data import SequenceData
+from stream.clicks import Click
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,18 +26,6 @@ log = logging.getLogger(__name__)
 # "Embedded broker"); a replay that batches a second of clicks writes one batch per partition
 # per second, so it can run for hours. A replay is not latency-bound: the wait is harmless.
 PRODUCE_LINGER_MS = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Click:
-    user_id: str
-    item_id: str  # the external id, vocab[index]
-    ts: float  # unix seconds; send time for datasets without timestamps
-    event_id: str  # "<user>:<position>", unique per click of a dataset
-
-    def to_json(self) -> bytes:
-        fields = ("user_id", "item_id", "ts", "event_id")
-        return json.dumps({f: getattr(self, f) for f in fields}).encode()
 
 
 def select_users(
@@ -158,7 +146,7 @@ def produce_clicks(
     from confluent_kafka import KafkaError, Message, Producer
     from tqdm import tqdm
 
-    from stream.broker import ensure_topics
+    from stream.topics import ensure_topics
 
     topic = topic or settings.topics.clicks
     ensure_topics(settings, [topic], settings.topics.partitions)

@@ -18,6 +18,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.data import default_data_dir
+from stream.messages import ScoringMode
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "GLINTSTREAM_"
@@ -185,8 +186,8 @@ class WorkerSettings(BaseSettings):
     mask_seen: bool = Field(True, validation_alias=_worker_env("mask_seen"))
     # step: one O(1) GLINT-RU step per click; recompute: the full forward over the window per
     # click (any model, SASRec too): the baseline of `glintstream bench stream`
-    scoring_mode: Literal["step", "recompute"] = Field(
-        "step", validation_alias=_worker_env("scoring_mode")
+    scoring_mode: ScoringMode = Field(
+        ScoringMode.STEP, validation_alias=_worker_env("scoring_mode")
     )
     # larger click payloads go to the DLQ as `oversized`
     max_click_bytes: int = Field(4096, validation_alias=_worker_env("max_click_bytes"))

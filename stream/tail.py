@@ -6,17 +6,22 @@ several tails can run side by side without taking partitions from each other.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from model.registry import RegistryError
+from stream.messages import Recommendation
+from stream.model_source import ModelNotFoundError, ModelSource
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+MALFORMED_ERRORS_SHOWN = 3
 
 
 def _short(raw: bytes | None, n: int = 80) -> str:
@@ -25,8 +30,8 @@ def _short(raw: bytes | None, n: int = 80) -> str:
     return repr(raw[:n]) + ("..." if len(raw) > n else "")
 
 
-def _clock(ts: Any) -> str:
-    return datetime.fromtimestamp(float(ts)).strftime("%H:%M:%S.%f")[:-3]
+def _clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%H:%M:%S.%f")[:-3]
 
 
 def format_recommendation(
@@ -36,49 +41,44 @@ def format_recommendation(
     titles: dict[str, str] | None = None,
     top: int = 5,
 ) -> str:
-    """One line for one `recommendations` message; junk becomes a MALFORMED line, never raises.
+    """One line for one `recommendations` message; anything that is not a ``Recommendation``
+    becomes a MALFORMED line naming what is wrong, and never raises.
 
     `where` names the message (e.g. "p2@117"); `titles` maps external item id -> title.
     """
     titles = titles or {}
     try:
-        rec = json.loads(value) if value is not None else None
-        if not isinstance(rec, dict):
-            raise ValueError(f"not a JSON object ({type(rec).__name__})")
-        items = rec["items"]
-        if not isinstance(items, list):
-            raise ValueError(f"items is {type(items).__name__}, not a list")
-        user = rec.get("user_id", key.decode(errors="replace") if key else "?")
-        version = rec.get("model_version", "?")
-        click = rec.get("click") or {}
-        when = rec.get("published_ts")
-        shown = [titles.get(str(i), f"item {i}") for i in items[:top]]
-        more = f" (+{len(items) - top})" if len(items) > top else ""
-        return (
-            f"{_clock(when) if when is not None else '--:--:--.---'}  user {user}"
-            f"  model v{version}  click p{click.get('partition', '?')}@{click.get('offset', '?')}"
-            f"  | {'; '.join(shown)}{more}"
+        rec = Recommendation.model_validate_json(value if value is not None else b"null")
+    except ValidationError as e:  # malformed input of any shape: report it, keep tailing
+        errors = e.errors()
+        reason = "; ".join(
+            f"{'.'.join(str(part) for part in err['loc']) or 'message'}: {err['msg']}"
+            for err in errors[:MALFORMED_ERRORS_SHOWN]
         )
-    except Exception as e:  # malformed input of any shape: report it, keep tailing
-        reason = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+        more = (
+            f" (+{len(errors) - MALFORMED_ERRORS_SHOWN} more)"
+            if len(errors) > MALFORMED_ERRORS_SHOWN
+            else ""
+        )
         head = f"MALFORMED {where}" if where else "MALFORMED"
-        return f"{head} key={_short(key, 40)}: {reason}: {_short(value)}"
+        return f"{head} key={_short(key, 40)}: {reason}{more}: {_short(value)}"
+    shown = [titles.get(i, f"item {i}") for i in rec.items[:top]]
+    more = f" (+{len(rec.items) - top})" if len(rec.items) > top else ""
+    return (
+        f"{_clock(rec.published_ts)}  user {rec.user_id}  model v{rec.model_version}"
+        f"  click p{rec.click.partition}@{rec.click.offset}  | {'; '.join(shown)}{more}"
+    )
 
 
 def served_dataset(settings: Settings) -> str | None:
-    """The dataset of the model being served: the registry's current version, else the default
-    checkpoint. Read straight from the manifest, without loading any weights."""
-    from model.registry import Registry, RegistryError
-
+    """The dataset of the model being served, from its manifest (no weights loaded)."""
     try:
-        info = Registry(settings.paths.registry_dir).current()
-    except RegistryError:
-        info = None
-    directory = info.path if info else Path(settings.paths.checkpoint_dir)
-    try:
-        return json.loads((directory / "manifest.json").read_text(encoding="utf-8"))["dataset"]
-    except (OSError, ValueError, KeyError):
+        dataset: str = ModelSource(
+            settings.paths.registry_dir, settings.paths.checkpoint_dir
+        ).manifest()["dataset"]
+    except (ModelNotFoundError, RegistryError, OSError, ValueError, KeyError):
         return None
+    return dataset
 
 
 def load_titles(settings: Settings, dataset: str = "auto") -> dict[str, str]:
@@ -230,9 +230,10 @@ def _check_stall(
 
 
 def _is_user(key: bytes | None, value: bytes | None, user: str) -> bool:
+    """The message is keyed by the user (recommendations are), or names it in ``user_id``."""
     if key is not None and key.decode(errors="replace") == user:
         return True
     try:
-        return str(json.loads(value or b"").get("user_id")) == user
-    except Exception:
+        return Recommendation.model_validate_json(value or b"").user_id == user
+    except ValidationError:
         return False

@@ -15,19 +15,22 @@ A partition stalled with no progress for ``exit_after_s`` more asks for an exit:
 cure a stuck worker. A lost broker does not: the worker reports it and keeps waiting, since its
 clients reconnect by themselves once the broker is back.
 
-Pure: the caller feeds it observations and acts on the returned ``Verdict`` (log, gauge,
-readiness, exit); ``stream.app`` does that on faust's event loop.
+``Watchdog`` is pure: the worker (``stream.worker``) feeds it observations on faust's event
+loop and hands the ``Verdict`` to ``StallReport``, which logs, sets the gauges and readiness,
+and exits when asked.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
+from typing import NoReturn
 
+from stream import metrics
+from stream.messages import StallReason as Reason
 
-class Reason(StrEnum):
-    NO_PROGRESS = "no_progress"  # lag > 0 and no click arrived
-    NO_FETCH = "no_fetch"  # no Fetch response (broker lost, paused or overloaded)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +93,61 @@ class Watchdog:
         if now - view.last_fetch >= self.timeout_s:
             return Reason.NO_FETCH
         return None
+
+
+class StallReport:
+    """Acts on a verdict: an ERROR once per stall naming the partitions and the bootstrap
+    servers, the gauges, readiness; and, asked to, the exit for a supervisor to restart."""
+
+    def __init__(
+        self,
+        topic: str,
+        servers: str,
+        timeout_s: float,
+        exit_after_s: float,
+        on_stalled: Callable[[dict[int, Reason]], None],
+        on_exit: Callable[[], NoReturn],
+    ) -> None:
+        self.topic, self.servers = topic, servers
+        self.timeout_s, self.exit_after_s = timeout_s, exit_after_s
+        self._on_stalled = on_stalled
+        self._exit = on_exit
+
+    def __call__(self, verdict: Verdict, views: dict[int, PartitionView]) -> None:
+        for reason in verdict.newly_stalled.values():
+            metrics.STALLS.labels(reason).inc()
+        for partition in views:
+            metrics.STALLED.labels(str(partition)).set(1 if partition in verdict.stalled else 0)
+        self._on_stalled(verdict.stalled)
+        if verdict.newly_stalled:
+            log.error("%s", self.message(verdict.newly_stalled, views))
+        if verdict.recovered:
+            log.info("%s partitions %s are moving again", self.topic, sorted(verdict.recovered))
+        if verdict.exit_now:
+            log.critical(
+                "%s partitions %s made no progress for %.0f s after the stall was reported: "
+                "exiting for a supervisor to restart the worker",
+                self.topic,
+                sorted(p for p, r in verdict.stalled.items() if r is Reason.NO_PROGRESS),
+                self.exit_after_s,
+            )
+            self._exit()
+
+    def message(self, stalled: dict[int, Reason], views: dict[int, PartitionView]) -> str:
+        parts = []
+        for partition, reason in sorted(stalled.items()):
+            if reason is Reason.NO_PROGRESS:
+                parts.append(f"{self.topic}[{partition}]: {views[partition].lag} clicks waiting")
+            else:
+                parts.append(f"{self.topic}[{partition}]: no Fetch response")
+        hint = (
+            "the broker holds clicks the consumer does not receive; on the embedded broker a "
+            "Fetch returns nothing once listing a partition's record batches takes longer than "
+            "the fetch wait (README, Embedded broker)"
+            if Reason.NO_PROGRESS in stalled.values()
+            else "the broker does not answer"
+        )
+        return (
+            f"STALLED for {self.timeout_s:.0f} s: {'; '.join(parts)} (bootstrap servers "
+            f"{self.servers}): {hint}; /readyz fails until they move again"
+        )

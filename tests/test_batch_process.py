@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from stream.batch_process import BatchProcess
-from stream.scoring import ModelNotFoundError
+from stream.model_source import ModelNotFoundError
 from stream.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]

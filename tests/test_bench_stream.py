@@ -13,7 +13,7 @@ import torch
 from bench.stream import StreamBench, StreamBenchConfig
 from model.checkpoint import save_checkpoint
 from model.data import synthetic
-from model.glintru import GlintRU, GlintRUConfig
+from model.glintru import GlintRUConfig, build_glintru
 
 NUM_ITEMS = 60
 MAX_LEN = 8  # short: most histories cross the window
@@ -26,7 +26,7 @@ def checkpoint(directory: Path, vocab: list[str], variant: str) -> Path:
     config = GlintRUConfig(
         num_items=NUM_ITEMS, hidden_size=16, n_heads=2, max_len=MAX_LEN, variant=variant
     )
-    model = GlintRU(config).eval()
+    model = build_glintru(config).eval()
     kwargs = {"kind": "glintru", "config": config, "dataset": "synthetic", "metrics": {}}
     return save_checkpoint(directory, model, vocab=vocab, **kwargs)
 

@@ -8,8 +8,8 @@ from collections import defaultdict
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from stream.broker import ensure_topics
 from stream.settings import Settings
+from stream.topics import ensure_topics
 
 PARTITIONS = 4
 

@@ -13,7 +13,7 @@ import pytest
 
 from bench.chaos import CaseResult, ChaosConfig, run_chaos, table
 from bench.s3 import moto_available
-from stream.clicks import REASONS
+from stream.messages import RejectReason
 
 SHORT = ChaosConfig(
     users=40,
@@ -74,4 +74,4 @@ def test_every_junk_message_is_dead_lettered_with_its_reason(
 ) -> None:
     r = results["(b)"]
     assert r.injected == SHORT.junk and r.dlq == r.injected, table([r])
-    assert r.dlq_wrong_reason == 0 and set(r.dlq_reasons) == set(REASONS), r.dlq_reasons
+    assert r.dlq_wrong_reason == 0 and set(r.dlq_reasons) == set(RejectReason), r.dlq_reasons

@@ -139,11 +139,11 @@ def test_save_checks_kind_and_vocab(tmp_path: Path) -> None:
 
 def test_glintru_round_trip(tmp_path: Path) -> None:
     glintru = pytest.importorskip("model.glintru")
-    model_cls, config_cls = model_kind("glintru")
-    assert model_cls is glintru.GlintRU
+    config_cls = model_kind("glintru").config_cls()
+    assert config_cls is glintru.GlintRUConfig
     torch.manual_seed(0)
     config = config_cls(num_items=NUM_ITEMS)
-    model = model_cls(config).eval()
+    model = glintru.build_glintru(config).eval()
     save(tmp_path, model, config, "glintru")
     loaded, _ = load_checkpoint(tmp_path)
     with torch.no_grad():

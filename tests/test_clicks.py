@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream import clicks
 from stream.clicks import Click, Rejection, parse_click
+from stream.messages import RejectReason
 
 MAX = 4096
 
@@ -28,40 +28,48 @@ def test_valid_click_string_and_int_ids() -> None:
 @pytest.mark.parametrize(
     ("value", "key", "reason"),
     [
-        (b"\xff\xfe", b"u", clicks.INVALID_JSON),
-        (b"{", b"u", clicks.INVALID_JSON),
-        (b'{"user_id": "u", "item_id": 1, "ts": NaN}', b"u", clicks.INVALID_JSON),
-        (None, b"u", clicks.INVALID_JSON),
-        (raw([1, 2]), b"u", clicks.NOT_AN_OBJECT),
-        (raw({"user_id": "u", "ts": 1}), b"u", clicks.MISSING_FIELD),
-        (raw({"user_id": -1, "item_id": 1, "ts": 1}), b"-1", clicks.BAD_USER_ID),
-        (raw({"user_id": True, "item_id": 1, "ts": 1}), b"True", clicks.BAD_USER_ID),
-        (raw({"user_id": "", "item_id": 1, "ts": 1}), b"", clicks.BAD_USER_ID),
-        (raw({"user_id": "a\x00b", "item_id": 1, "ts": 1}), b"a\x00b", clicks.BAD_USER_ID),
-        (raw({"user_id": "u", "item_id": 2**63, "ts": 1}), b"u", clicks.BAD_ITEM_ID),
-        (raw({"user_id": "u", "item_id": 3.0, "ts": 1}), b"u", clicks.BAD_ITEM_ID),
-        (raw({"user_id": "u", "item_id": None, "ts": 1}), b"u", clicks.BAD_ITEM_ID),
-        (raw({"user_id": "u", "item_id": "x" * 200, "ts": 1}), b"u", clicks.BAD_ITEM_ID),
-        (raw({"user_id": "u", "item_id": 1, "ts": "now"}), b"u", clicks.BAD_TS),
-        (raw({"user_id": "u", "item_id": 1, "ts": -5}), b"u", clicks.BAD_TS),
-        (raw({"user_id": "u", "item_id": 1, "ts": 1.7e12}), b"u", clicks.BAD_TS),  # ms
-        (raw({"user_id": "u", "item_id": 1, "ts": False}), b"u", clicks.BAD_TS),
-        (raw({"user_id": "u", "item_id": 1, "ts": 1, "event_id": []}), b"u", clicks.BAD_EVENT_ID),
-        (raw({"user_id": "u", "item_id": 1, "ts": 1}), b"v", clicks.KEY_MISMATCH),
-        (raw({"user_id": "u", "item_id": 1, "ts": 1}), None, clicks.KEY_MISMATCH),
-        (raw({"user_id": "u", "item_id": 1, "ts": 1, "pad": "x" * MAX}), b"u", clicks.OVERSIZED),
+        (b"\xff\xfe", b"u", RejectReason.INVALID_JSON),
+        (b"{", b"u", RejectReason.INVALID_JSON),
+        (b'{"user_id": "u", "item_id": 1, "ts": NaN}', b"u", RejectReason.INVALID_JSON),
+        (None, b"u", RejectReason.INVALID_JSON),
+        (raw([1, 2]), b"u", RejectReason.NOT_AN_OBJECT),
+        (raw({"user_id": "u", "ts": 1}), b"u", RejectReason.MISSING_FIELD),
+        (raw({"user_id": -1, "item_id": 1, "ts": 1}), b"-1", RejectReason.BAD_USER_ID),
+        (raw({"user_id": True, "item_id": 1, "ts": 1}), b"True", RejectReason.BAD_USER_ID),
+        (raw({"user_id": "", "item_id": 1, "ts": 1}), b"", RejectReason.BAD_USER_ID),
+        (raw({"user_id": "a\x00b", "item_id": 1, "ts": 1}), b"a\x00b", RejectReason.BAD_USER_ID),
+        (raw({"user_id": "u", "item_id": 2**63, "ts": 1}), b"u", RejectReason.BAD_ITEM_ID),
+        (raw({"user_id": "u", "item_id": 3.0, "ts": 1}), b"u", RejectReason.BAD_ITEM_ID),
+        (raw({"user_id": "u", "item_id": None, "ts": 1}), b"u", RejectReason.BAD_ITEM_ID),
+        (raw({"user_id": "u", "item_id": "x" * 200, "ts": 1}), b"u", RejectReason.BAD_ITEM_ID),
+        (raw({"user_id": "u", "item_id": 1, "ts": "now"}), b"u", RejectReason.BAD_TS),
+        (raw({"user_id": "u", "item_id": 1, "ts": -5}), b"u", RejectReason.BAD_TS),
+        (raw({"user_id": "u", "item_id": 1, "ts": 1.7e12}), b"u", RejectReason.BAD_TS),  # ms
+        (raw({"user_id": "u", "item_id": 1, "ts": False}), b"u", RejectReason.BAD_TS),
+        (
+            raw({"user_id": "u", "item_id": 1, "ts": 1, "event_id": []}),
+            b"u",
+            RejectReason.BAD_EVENT_ID,
+        ),
+        (raw({"user_id": "u", "item_id": 1, "ts": 1}), b"v", RejectReason.KEY_MISMATCH),
+        (raw({"user_id": "u", "item_id": 1, "ts": 1}), None, RejectReason.KEY_MISMATCH),
+        (
+            raw({"user_id": "u", "item_id": 1, "ts": 1, "pad": "x" * MAX}),
+            b"u",
+            RejectReason.OVERSIZED,
+        ),
     ],
 )
 def test_rejections(value: bytes | None, key: bytes | None, reason: str) -> None:
     result = parse_click(value, key, MAX)
     assert isinstance(result, Rejection)
     assert result.reason == reason
-    assert result.reason in clicks.REASONS
+    assert result.reason in set(RejectReason)
 
 
 def test_deeply_nested_json_is_rejected_not_raised() -> None:
     result = parse_click(b"[" * 100_000, b"u", 10**6)
-    assert isinstance(result, Rejection) and result.reason == clicks.INVALID_JSON
+    assert isinstance(result, Rejection) and result.reason == RejectReason.INVALID_JSON
 
 
 json_values = st.recursive(

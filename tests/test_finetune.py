@@ -17,7 +17,6 @@ import pytest
 import torch
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from bench.harness import GLINTSTREAM, POLL_S, TopicReader, WorkerProcess, worker_env
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.finetune import (
     finetune,
@@ -29,12 +28,15 @@ from model.finetune import (
     to_indices,
     weights_finite,
 )
-from model.glintru import GlintRU, GlintRUConfig
+from model.glintru import GlintRU, GlintRUConfig, build_glintru
 from model.registry import Registry
-from stream.broker import ensure_topics, free_port
-from stream.finetune import PUBLISHED, REJECTED, SKIPPED, FinetuneJob
+from stream.broker import free_port
+from stream.finetune import FinetuneJob
 from stream.finetune_store import RecentClicks, StoredClick
-from stream.settings import Settings, load_settings
+from stream.messages import RunOutcome
+from stream.settings import RocksDBSettings, Settings, load_settings
+from stream.testkit import GLINTSTREAM, POLL_S, TopicReader, WorkerProcess, worker_env
+from stream.topics import ensure_topics
 
 torch.set_num_threads(1)  # the test machine is shared; the job sets its own threads too
 
@@ -88,7 +90,7 @@ def frozen() -> GlintRU:
     torch.manual_seed(0)
     config = GlintRUConfig(num_items=NUM_ITEMS, hidden_size=32, n_heads=2, max_len=MAX_LEN)
     first_phase = [s[:HALF] for s in drifting(200, seed=0)]
-    return finetune(GlintRU(config), first_phase, PRETRAIN_STEPS, LR)
+    return finetune(build_glintru(config), first_phase, PRETRAIN_STEPS, LR)
 
 
 def tiny(variant: str = "faithful", seed: int = 0) -> GlintRU:
@@ -96,7 +98,7 @@ def tiny(variant: str = "faithful", seed: int = 0) -> GlintRU:
     config = GlintRUConfig(
         num_items=NUM_ITEMS, hidden_size=16, n_heads=2, max_len=MAX_LEN, variant=variant
     )
-    return GlintRU(config).eval()
+    return build_glintru(config).eval()
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -190,9 +192,8 @@ def test_fine_tuned_model_beats_the_frozen_one_after_the_drift(frozen: GlintRU) 
 # ----------------------------------------------------------------------------- the store
 def test_recent_clicks_are_bounded_deduplicated_and_durable(tmp_path: Path) -> None:
     def store() -> RecentClicks:
-        return RecentClicks(
-            tmp_path / "db", max_clicks=3, max_users=2, block_cache_mb=1, write_buffer_mb=1
-        )
+        small = RocksDBSettings(block_cache_mb=1, write_buffer_mb=1, max_write_buffers=2)
+        return RecentClicks(tmp_path / "db", max_clicks=3, max_users=2, options=small)
 
     s = store()
     clicks = [StoredClick(0, o, "a", f"i{o}") for o in range(5)]
@@ -283,7 +284,7 @@ def test_broken_fine_tune_is_rejected_and_never_published(
         result = job.run_once()
     finally:
         job.close()
-    assert result.outcome == REJECTED, result
+    assert result.outcome == RunOutcome.REJECTED, result
     assert result.figures["new_NDCG@10"] < result.figures["current_NDCG@10"]
     assert registry.current_version() == v1 and [v.version for v in registry.list()] == [v1]
     assert read_topic(job_settings, job_settings.topics.model_updates, wait_s=3.0) == []
@@ -298,12 +299,12 @@ def test_good_fine_tune_grows_the_vocabulary_publishes_and_announces(
     for seq in stream[:30]:  # a new item appears in the stream
         seq[-3] = NUM_ITEMS + 1
     try:
-        assert job.run_once().outcome == SKIPPED  # nothing stored yet
+        assert job.run_once().outcome == RunOutcome.SKIPPED  # nothing stored yet
         fill(job, stream, vocab=[*VOCAB, "brand-new"])
         result = job.run_once()
     finally:
         job.close()
-    assert result.outcome == PUBLISHED, result
+    assert result.outcome == RunOutcome.PUBLISHED, result
     f = result.figures
     assert f["new_NDCG@10"] >= f["current_NDCG@10"] and f["new_items"] == 1
     registry = Registry(job_settings.paths.registry_dir)

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter
 from stream import endpoints
 from stream.broker import free_port
 from stream.health import WorkerHealth
-from stream.watchdog import Reason
+from stream.messages import StallReason as Reason
 
 
 class Child:

@@ -29,10 +29,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from test_worker import make_checkpoint
 
-from bench.harness import ClickProducer, Ledger, WorkerProcess, worker_env
-from stream import finetune, metrics
+from stream import metrics
 from stream.broker import free_port
+from stream.messages import RunOutcome
 from stream.settings import REPO_ROOT
+from stream.testkit import ClickProducer, Ledger, WorkerProcess, worker_env
 
 DEPLOY = REPO_ROOT / "deploy"
 PROMETHEUS_PACKAGE = "prometheus"  # Debian: brings both `prometheus` and `promtool`
@@ -197,16 +198,14 @@ def test_finetune_streak_counts_rejections_in_a_row() -> None:
             "glintstream_finetune_consecutive_rejections"
         )
 
-    # the job reports its own outcome names: they must be the ones the streak knows
-    assert (finetune.PUBLISHED, finetune.REJECTED) == (metrics.RUN_PUBLISHED, metrics.RUN_REJECTED)
-    metrics.record_finetune_run(metrics.RUN_PUBLISHED)
+    metrics.record_finetune_run(RunOutcome.PUBLISHED)
     assert streak() == 0
-    metrics.record_finetune_run(metrics.RUN_REJECTED)
-    metrics.record_finetune_run(metrics.RUN_REJECTED)
+    metrics.record_finetune_run(RunOutcome.REJECTED)
+    metrics.record_finetune_run(RunOutcome.REJECTED)
     assert streak() == 2
-    metrics.record_finetune_run("skipped")  # neither a rejection nor a success
+    metrics.record_finetune_run(RunOutcome.SKIPPED)  # neither a rejection nor a success
     assert streak() == 2
-    metrics.record_finetune_run(metrics.RUN_PUBLISHED)
+    metrics.record_finetune_run(RunOutcome.PUBLISHED)
     assert streak() == 0
 
 

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer
 
-from stream.broker import Broker, ensure_topics
+from stream.broker import Broker
 from stream.publisher import DeliveryError, Publisher
 from stream.settings import load_settings
+from stream.topics import ensure_topics
 
 BATCH = 50
 

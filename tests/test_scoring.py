@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from model.glintru import GlintRU, GlintRUConfig
-from stream.scoring import Scorer, UserState
+from model.glintru import GlintRU, GlintRUConfig, build_glintru
+from model.recommender import SequentialRecommender, StreamState
+from stream.messages import ScoringMode
+from stream.model_source import LoadedModel, Served
+from stream.scoring import Scorer
 from stream.state import UserRecord
 
 NUM_ITEMS = 25
@@ -21,7 +26,7 @@ def make_model(seed: int, variant: str = "faithful") -> GlintRU:
     config = GlintRUConfig(
         num_items=NUM_ITEMS, hidden_size=16, n_heads=2, max_len=MAX_LEN, variant=variant
     )
-    return GlintRU(config).eval()
+    return build_glintru(config).eval()
 
 
 def offline_top_k(model: GlintRU, history: list[int], mask_seen: bool) -> tuple[list, list]:
@@ -35,8 +40,26 @@ def offline_top_k(model: GlintRU, history: list[int], mask_seen: bool) -> tuple[
     return indices.tolist(), values.tolist()
 
 
-def record(version: int, state: UserState, with_vec: bool = True) -> UserRecord:
-    full = UserRecord(version, 0, 0, state.n, state.ring, state.vec)
+def make_scorer(
+    model: SequentialRecommender,
+    version: int,
+    mask_seen: bool = True,
+    mode: ScoringMode = ScoringMode.STEP,
+    vocab: list[str] = VOCAB,
+) -> Scorer:
+    loaded = LoadedModel(model, {"vocab": vocab}, Served(Path("unused"), version))
+    return Scorer(loaded, K, mask_seen, mode)
+
+
+def record(
+    version: int,
+    states: StreamState,
+    user: int,
+    with_vec: bool = True,
+    mode: ScoringMode = ScoringMode.STEP,
+) -> UserRecord:
+    """User ``user``'s state as stored (through the byte codec, as RocksDB has it)."""
+    full = UserRecord.from_state(states, user, version, 0, 0, mode is ScoringMode.STEP)
     return UserRecord.decode(full.encode(with_vec=with_vec))
 
 
@@ -52,7 +75,9 @@ def run_batches(scorer: Scorer, histories: list[list[int]], batches: int) -> lis
         for (u, _), top in zip(clicks, tops):
             outs[u].append(top)
         records = [
-            record(scorer.version, states[u]) if any(c[0] == u for c in clicks) else records[u]
+            record(scorer.version, states, u, mode=scorer.mode)
+            if any(c[0] == u for c in clicks)
+            else records[u]
             for u in range(len(histories))
         ]
     return outs
@@ -62,7 +87,7 @@ def run_batches(scorer: Scorer, histories: list[list[int]], batches: int) -> lis
 @pytest.mark.parametrize("batches", [1, 4])
 def test_rounds_equal_offline_forward(mask_seen: bool, batches: int) -> None:
     model = make_model(0)
-    scorer = Scorer(model, VOCAB, 3, K, mask_seen)
+    scorer = make_scorer(model, 3, mask_seen)
     rng = np.random.default_rng(0)
     histories = [rng.integers(1, NUM_ITEMS + 1, size=n).tolist() for n in (1, 3, 9, 14)]
     outs = run_batches(scorer, histories, batches)
@@ -83,15 +108,15 @@ def continue_from(scorer: Scorer, rec: UserRecord, items: list[int]) -> list:
 def test_rebuild_from_ring_is_exact_for_faithful(n_before: int) -> None:
     """A record without its vector, or of an older model version, is rebuilt from the ring."""
     model = make_model(1)
-    scorer = Scorer(model, VOCAB, 1, K, True)
+    scorer = make_scorer(model, 1)
     history = list(range(1, n_before + 1))
     states, _ = scorer.run([None], [(0, i) for i in history])
     later = [7, 3, 9]
-    expected = continue_from(scorer, record(1, states[0]), later)
-    assert continue_from(scorer, record(1, states[0], with_vec=False), later) == expected
+    expected = continue_from(scorer, record(1, states, 0), later)
+    assert continue_from(scorer, record(1, states, 0, with_vec=False), later) == expected
     # an old version's record: the new model replays the ring and equals its own offline result
-    new_scorer = Scorer(make_model(2), VOCAB, 2, K, True)
-    tops = continue_from(new_scorer, record(1, states[0]), later)
+    new_scorer = make_scorer(make_model(2), 2)
+    tops = continue_from(new_scorer, record(1, states, 0), later)
     for t, top in enumerate(tops):
         items, scores = offline_top_k(new_scorer.model, history + later[: t + 1], True)
         assert top.items == items
@@ -100,29 +125,29 @@ def test_rebuild_from_ring_is_exact_for_faithful(n_before: int) -> None:
 
 def test_streaming_variant_batches_equal_sequential_steps() -> None:
     model = make_model(3, "streaming")
-    scorer = Scorer(model, VOCAB, 1, K, False)
+    scorer = make_scorer(model, 1, mask_seen=False)
     history = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
     one_batch = run_batches(scorer, [history], 1)[0]
     per_click = run_batches(scorer, [history], len(history))[0]
     for a, b in zip(one_batch, per_click):
         assert a.items == b.items
         np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
-    assert not scorer.ring_is_enough
+    assert scorer.records_need_vec
 
 
 def test_all_items_seen_gives_minus_inf_scores() -> None:
     """Masking can leave fewer than K candidates; the processor drops the -inf tail."""
     vocab = VOCAB[:4]
     torch.manual_seed(0)
-    model = GlintRU(GlintRUConfig(num_items=3, hidden_size=8, n_heads=2, max_len=4)).eval()
-    scorer = Scorer(model, vocab, 0, K, True)
+    model = build_glintru(GlintRUConfig(num_items=3, hidden_size=8, n_heads=2, max_len=4)).eval()
+    scorer = make_scorer(model, 0, vocab=vocab)
     assert scorer.k == 3
     _, tops = scorer.run([None], [(0, 1), (0, 2), (0, 3)])
     assert tops[-1].scores == [float("-inf")] * 3
 
 
 def test_unknown_item_has_no_index() -> None:
-    scorer = Scorer(make_model(0), VOCAB, 0, K, True)
+    scorer = make_scorer(make_model(0), 0)
     assert scorer.item_index("i3") == 3
     assert scorer.item_index("nope") is None
     assert scorer.item_index("<pad>") is None
@@ -133,8 +158,8 @@ def test_recompute_mode_equals_offline_window_forward(variant: str) -> None:
     """Recompute = the full forward over the last L clicks; for faithful GLINT-RU that is the
     step's result too. Records carry no vector; a step-mode scorer rebuilds them from the ring."""
     model = make_model(4, variant)
-    recompute = Scorer(model, VOCAB, 1, K, True, mode="recompute")
-    assert recompute.ring_is_enough
+    recompute = make_scorer(model, 1, mode=ScoringMode.RECOMPUTE)
+    assert not recompute.records_need_vec
     rng = np.random.default_rng(1)
     histories = [rng.integers(1, NUM_ITEMS + 1, size=n).tolist() for n in (1, 4, MAX_LEN + 5)]
     outs = run_batches(recompute, histories, 3)
@@ -144,10 +169,11 @@ def test_recompute_mode_equals_offline_window_forward(variant: str) -> None:
             assert top.items == items
             np.testing.assert_allclose(top.scores, scores, atol=1e-5)
     if variant == "faithful":
-        step_outs = run_batches(Scorer(model, VOCAB, 1, K, True), histories, 3)
+        step_outs = run_batches(make_scorer(model, 1), histories, 3)
         assert [[t.items for t in u] for u in step_outs] == [[t.items for t in u] for u in outs]
     states, _ = recompute.run([None], [(0, i) for i in histories[2]])
-    assert states[0].vec is None and states[0].n == len(histories[2])
+    stored = record(1, states, 0, mode=ScoringMode.RECOMPUTE)
+    assert stored.vec is None and stored.n == len(histories[2])
 
 
 def test_recompute_mode_serves_sasrec() -> None:
@@ -156,8 +182,8 @@ def test_recompute_mode_serves_sasrec() -> None:
     torch.manual_seed(0)
     model = SASRec(SASRecConfig(num_items=NUM_ITEMS, d=16, n_heads=2, max_len=MAX_LEN)).eval()
     with pytest.raises(TypeError, match="recompute"):
-        Scorer(model, VOCAB, 1, K, True)
-    scorer = Scorer(model, VOCAB, 1, K, True, mode="recompute")
+        make_scorer(model, 1)
+    scorer = make_scorer(model, 1, mode=ScoringMode.RECOMPUTE)
     history = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
     outs = run_batches(scorer, [history], 2)[0]
     for t, top in enumerate(outs):
@@ -175,7 +201,7 @@ def test_streaming_chunks_equal_offline_whole_history(batches: int) -> None:
     """The streaming variant applies each user's clicks of a batch as one chunk: equal to the
     offline forward over the whole history, the ring (last L items) masked, and to rounds."""
     model = make_model(5, "streaming")
-    scorer = Scorer(model, VOCAB, 1, K, True)
+    scorer = make_scorer(model, 1)
     assert scorer.chunked
     rng = np.random.default_rng(2)
     histories = [rng.integers(1, NUM_ITEMS + 1, size=n).tolist() for n in (1, 4, 9, 14)]

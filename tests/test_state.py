@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.state import NOTHING, StateStore, StoreOptions, UserRecord
+from stream.settings import RocksDBSettings
+from stream.state import NOTHING, StateStore, UserRecord
 
-OPTIONS = StoreOptions(block_cache_mb=8, write_buffer_mb=1, max_write_buffers=2)
+OPTIONS = RocksDBSettings(block_cache_mb=8, write_buffer_mb=1, max_write_buffers=2)
 
 
 def make_record(with_vec: bool = True) -> UserRecord:

@@ -9,9 +9,9 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
 import stream.tail
-from stream.broker import ensure_topics
 from stream.settings import Settings
 from stream.tail import StallDetector, TailError, format_recommendation, tail
+from stream.topics import ensure_topics
 
 SAMPLE = {
     "user_id": "42",
@@ -32,9 +32,14 @@ def test_format_sample() -> None:
     assert not line.startswith("MALFORMED")
 
 
-def test_format_without_titles_or_optional_fields() -> None:
-    line = format_recommendation(json.dumps({"items": [7, 8]}).encode(), b"u1")
-    assert "user u1" in line and "item 7; item 8" in line and "model v?" in line
+def test_format_without_titles() -> None:
+    line = format_recommendation(json.dumps({**SAMPLE, "items": ["7", "8"]}).encode(), b"42")
+    assert "user 42" in line and "item 7; item 8" in line and "model v3" in line
+
+
+def test_a_message_missing_fields_is_malformed_and_says_which() -> None:
+    line = format_recommendation(json.dumps({"items": ["7"]}).encode(), b"u1", "p0@1")
+    assert line.startswith("MALFORMED p0@1") and "user_id: Field required" in line
 
 
 @pytest.mark.parametrize(

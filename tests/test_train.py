@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 
 from model.baselines import Popularity, PopularityConfig
 from model.data import SequenceData, item_counts, leave_one_out, load_dataset, synthetic
-from model.evaluate import evaluate_model
-from model.glintru import GlintRU, GlintRUConfig
-from model.train import TrainConfig, encode_streaming, evaluate_checkpoint, train, windows
+from model.evaluate import encode_histories, evaluate_model
+from model.glintru import GlintRUConfig, build_glintru
+from model.steps import windows
+from model.train import TrainConfig, evaluate_checkpoint, train
 from stream.cli import main
 from stream.settings import load_settings
 
@@ -73,7 +74,7 @@ def train_on_planted(tmp_path: Path, **overrides) -> tuple[dict, float, Sequence
     split = leave_one_out(data)
     counts = item_counts(split.train, data.num_items)
     pop = Popularity(PopularityConfig(data.num_items)).fit(counts)
-    pop_test = evaluate_model(pop, split.test_inputs, split.test_targets, counts, max_len=12)
+    pop_test = evaluate_model(pop, split.test_inputs, split.test_targets, counts)
     return metrics, pop_test["full"]["NDCG@10"], data
 
 
@@ -134,19 +135,19 @@ def test_train_command_on_ml100k_beats_popularity(tmp_path: Path):
     split = leave_one_out(data)
     counts = item_counts(split.train, data.num_items)
     pop = Popularity(PopularityConfig(data.num_items)).fit(counts)
-    pop_test = evaluate_model(pop, split.test_inputs, split.test_targets, counts, max_len=50)
+    pop_test = evaluate_model(pop, split.test_inputs, split.test_targets, counts)
     assert figures["full_masked"]["NDCG@10"] > pop_test["full_masked"]["NDCG@10"]
 
 
 def test_streaming_encoding_of_long_histories_equals_one_pass():
     torch.manual_seed(0)
-    model = GlintRU(
+    model = build_glintru(
         GlintRUConfig(num_items=20, hidden_size=16, n_heads=4, max_len=4, variant="streaming")
     )
     model = model.double().eval()
     rng = np.random.default_rng(0)
     histories = [rng.integers(1, 21, n) for n in (1, 3, 9, 14)]
-    encoded = encode_streaming(model, histories)
+    encoded = encode_histories(model, histories)
     for h, u in zip(histories, encoded):
         full = model.all_positions(torch.from_numpy(h)[None], torch.tensor([len(h)]))[0, -1]
         assert torch.allclose(u, full, atol=1e-10)

@@ -17,10 +17,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_worker import make_checkpoint
 
-from bench.harness import ClickProducer, Ledger, WorkerProcess, worker_env
-from stream.app import EXIT_STALLED
 from stream.broker import free_port
-from stream.watchdog import PartitionView, Reason, Watchdog
+from stream.messages import StallReason as Reason
+from stream.testkit import ClickProducer, Ledger, WorkerProcess, worker_env
+from stream.watchdog import PartitionView, Watchdog
+from stream.worker import EXIT_STALLED
 
 TIMEOUT, EXIT_AFTER = 30.0, 60.0
 
@@ -136,7 +137,7 @@ def test_a_worker_whose_batches_hang_reports_the_stall_then_exits(
         assert "clicks waiting" in worker.log() and bootstrap_servers in worker.log()
         assert http_status(port, "/readyz") == 503
         assert worker.proc.wait(60) == EXIT_STALLED
-        assert "exiting (75)" in worker.log()
+        assert "exiting for a supervisor to restart the worker" in worker.log()
     finally:
         worker.stop_quietly()
 

@@ -32,7 +32,15 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from bench.harness import (
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.data import synthetic
+from model.glintru import GlintRU, GlintRUConfig, build_glintru
+from model.registry import Registry
+from stream.clicks import Rejection, parse_click
+from stream.messages import RejectReason
+from stream.settings import RocksDBSettings
+from stream.state import StateStore
+from stream.testkit import (
     ClickProducer,
     Ledger,
     TopicReader,
@@ -41,13 +49,7 @@ from bench.harness import (
     offline_top_k,
     worker_env,
 )
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.data import synthetic
-from model.glintru import GlintRU, GlintRUConfig
-from model.registry import Registry
-from stream.app import EXIT_AGENT_CRASHED
-from stream.clicks import REASONS, UNKNOWN_ITEM, Rejection, parse_click
-from stream.state import StateStore, StoreOptions
+from stream.worker import EXIT_AGENT_CRASHED
 
 K = 5
 MAX_LEN = 8  # short: most histories cross the faithful model's window
@@ -61,7 +63,7 @@ pytestmark = pytest.mark.timeout(300)
 def make_checkpoint(directory: Path, vocab: list[str], seed: int) -> None:
     torch.manual_seed(seed)
     config = GlintRUConfig(num_items=len(vocab) - 1, hidden_size=16, n_heads=2, max_len=MAX_LEN)
-    model = GlintRU(config).eval()
+    model = build_glintru(config).eval()
     save_checkpoint(
         directory,
         model,
@@ -278,11 +280,11 @@ def test_2_junk_goes_to_dlq_while_valid_clicks_are_served(scenario: Scenario) ->
 
     scenario.dlq.read_until(lambda: set(junk) <= set(dead_lettered()), 30, "DLQ records")
     for tp, record in dead_lettered().items():
-        assert record["reason"] in REASONS and record["detail"]
+        assert record["reason"] in set(RejectReason) and record["detail"]
         original = junk[tp]
         assert record["value_b64"] is not None and original is not None
         assert record["value_b64"] == base64.b64encode(original).decode()
-    assert UNKNOWN_ITEM in {r["reason"] for r in dead_lettered().values()}
+    assert RejectReason.UNKNOWN_ITEM in {r["reason"] for r in dead_lettered().values()}
     scenario.check_outputs(expected_version=0)
     scenario.check_exactly_once()  # unknown items and junk changed no state
 
@@ -348,7 +350,10 @@ def test_6_wiped_restart_with_input_during_recovery_loses_nothing(scenario: Scen
 
     # and the local RocksDB the worker rebuilt agrees with the changelog
     assert scenario.a.terminate() == 0
-    store = StateStore(scenario.state_dir / "a" / "users", StoreOptions(8, 1, 2))
+    store = StateStore(
+        scenario.state_dir / "a" / "users",
+        RocksDBSettings(block_cache_mb=8, write_buffer_mb=1, max_write_buffers=2),
+    )
     try:
         for user, history in scenario.ledger.histories.items():
             owners = [p for p in range(4) if store.partition(p).get(user) is not None]
@@ -362,7 +367,10 @@ def test_6_wiped_restart_with_input_during_recovery_loses_nothing(scenario: Scen
 def test_7_agent_crash_exits_nonzero(scenario: Scenario) -> None:
     """No silent agent death: a batch that fails takes the process down for a restart."""
     user = next(iter(scenario.ledger.histories))
-    store = StateStore(scenario.state_dir / "a" / "users", StoreOptions(8, 1, 2))
+    store = StateStore(
+        scenario.state_dir / "a" / "users",
+        RocksDBSettings(block_cache_mb=8, write_buffer_mb=1, max_write_buffers=2),
+    )
     try:
         owner = next(p for p in range(4) if store.partition(p).get(user) is not None)
         store.partition(owner).write({user.encode(): b"not a user record"})

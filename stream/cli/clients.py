@@ -42,8 +42,8 @@ def produce(
 ) -> None:
     """Replay a dataset's clicks to the clicks topic in time order, keyed by user id."""
     from model.data import DatasetNotFoundError, load_dataset
-    from stream.broker import BrokerUnreachable, ensure_reachable
     from stream.produce import click_order, iter_clicks, produce_clicks
+    from stream.topics import BrokerUnreachable, ensure_reachable
 
     if users is not None and user_ids is not None:
         raise click.UsageError("--users and --user-ids exclude each other")
@@ -100,9 +100,9 @@ def tail(
     topic: str | None,
 ) -> None:
     """Pretty-print the recommendations stream, one line per message, until Ctrl-C."""
-    from stream.broker import BrokerUnreachable, ensure_reachable
     from stream.tail import TailError, load_titles
     from stream.tail import tail as run_tail
+    from stream.topics import BrokerUnreachable, ensure_reachable
 
     try:
         ensure_reachable(settings)

@@ -52,8 +52,8 @@ def worker(settings: Settings, worker_id: str | None) -> None:
 
     Exits 0 on SIGTERM/SIGINT and non-zero on a crash, for a supervisor to restart it.
     """
-    from stream.app import run_worker
-    from stream.scoring import ModelNotFoundError
+    from stream.model_source import ModelNotFoundError
+    from stream.worker import run_worker
 
     if worker_id:
         settings = settings.with_overrides(worker_id=worker_id)

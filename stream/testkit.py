@@ -1,5 +1,8 @@
-"""Drive real `glintstream worker` processes with confluent-kafka: the worker tests and the
-reliability benchmark (`bench/chaos.py`) share these helpers."""
+"""Drive real `glintstream worker` processes from Python: start, kill and restart them, produce
+clicks and junk with a ledger of what was acked, read topics and stored states back.
+
+For integration tests of a deployment (the project's own tests use it) and for the benchmarks.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +22,14 @@ import torch
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from model.glintru import GlintRU
-from stream.state import StateStore, StoreOptions, UserRecord
+from stream.settings import RocksDBSettings
+from stream.state import StateStore, UserRecord
 
 GLINTSTREAM = str(Path(sys.executable).parent / "glintstream")
 READY_LINE = "[^Worker]: Ready"
 POLL_S = 0.2
-SMALL_STORE = StoreOptions(block_cache_mb=8, write_buffer_mb=1, max_write_buffers=2)  # readers
+# for reading a stopped worker's state: small memory
+SMALL_STORE = RocksDBSettings(block_cache_mb=8, write_buffer_mb=1, max_write_buffers=2)
 
 
 class WorkerProcess:
@@ -263,7 +268,7 @@ def latest_records(messages: Iterable[Any]) -> dict[str, UserRecord]:
 
 
 def stored_records(
-    users_dir: Path, partitions: int, options: StoreOptions = SMALL_STORE
+    users_dir: Path, partitions: int, options: RocksDBSettings = SMALL_STORE
 ) -> dict[str, UserRecord]:
     """Every user record in a stopped worker's RocksDB (`<state_dir>/<worker_id>/users`)."""
     store = StateStore(users_dir, options)

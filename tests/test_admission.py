@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream.processor import Admit, PartitionCursor
+from stream.admission import Admit, PartitionCursor
 
 
 def admit_all(cursor: PartitionCursor, offsets: list[int]) -> list[Admit]:

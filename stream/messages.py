@@ -1,0 +1,113 @@
+"""Every message glintstream writes, and the named values they and the metrics carry.
+
+One definition each, used by the code that writes the message and the code that reads it
+(`glintstream tail`, the tests): the recommendation, the dead letter and the model-update
+announcement as pydantic models, and the reasons, outcomes and modes as ``StrEnum``s. Clicks
+are the input; ``stream.clicks`` parses and validates them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+DLQ_REASON_HEADER = "reason"  # every dead letter also carries its reason as this Kafka header
+
+
+class RejectReason(StrEnum):
+    """Why a click went to the DLQ: a DLQ record's ``reason`` and the rejection counter's label."""
+
+    OVERSIZED = "oversized"
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    BAD_USER_ID = "bad_user_id"
+    BAD_ITEM_ID = "bad_item_id"
+    BAD_TS = "bad_ts"
+    BAD_EVENT_ID = "bad_event_id"
+    KEY_MISMATCH = "key_mismatch"
+    UNKNOWN_ITEM = "unknown_item"  # decided by the served model's vocabulary
+
+
+class ClickOutcome(StrEnum):
+    """What the worker did with a click message (label of ``glintstream_clicks_total``)."""
+
+    APPLIED = "applied"
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"  # at or below the applied offset: applied before
+    OUT_OF_ORDER = "out_of_order"  # fetched before a seek took effect, or revoked: dropped
+
+
+class StallReason(StrEnum):
+    """Why the worker's watchdog calls a partition stalled (label of its stall counter)."""
+
+    NO_PROGRESS = "no_progress"  # clicks wait on the broker and none arrives
+    NO_FETCH = "no_fetch"  # no Fetch response: the broker is lost, paused or overloaded
+
+
+class ScoringMode(StrEnum):
+    """How the worker advances a user: one O(1) model ``step`` per click, or the model's full
+    forward over the window of L per click (any model; the benchmark's baseline)."""
+
+    STEP = "step"
+    RECOMPUTE = "recompute"
+
+
+class RunOutcome(StrEnum):
+    """How a fine-tune run ended (label of ``glintstream_finetune_runs_total``)."""
+
+    PUBLISHED = "published"  # passed the gate
+    REJECTED = "rejected"  # failed the gate
+    SKIPPED = "skipped"  # too few holdout users
+    FAILED = "failed"  # an error, logged
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class ClickRef(_Message):
+    """Where a click is: the worker's answer to it names it by topic, partition and offset."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class Recommendation(_Message):
+    """Topic `recommendations`, key = user id: the top-K after one click."""
+
+    user_id: str
+    items: list[str]  # external item ids, best first
+    scores: list[float]
+    model_version: int
+    click: ClickRef
+    click_ts: float  # the click's own ts
+    published_ts: float  # when the worker made it (unix seconds)
+
+
+class DeadLetter(_Message):
+    """Topic `clicks-dlq`, key = the click's key: a click the worker could not apply."""
+
+    reason: RejectReason
+    detail: str
+    click: ClickRef
+    value_b64: str | None  # the raw value, base64 (None for a tombstone)
+    worker_id: str
+    ts: float
+
+
+class ModelUpdate(_Message):
+    """Topic `model-updates`, key = version: a version the fine-tune job published."""
+
+    version: int
+    parent: int | None
+    created: str  # ISO 8601, UTC
+    num_items: int
+    figures: dict[str, Any]
+    announced: str  # ISO 8601, UTC

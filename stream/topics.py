@@ -1,0 +1,120 @@
+"""The topics glintstream uses: reaching the brokers, creating topics, reading in batches.
+
+Works against any Kafka-protocol broker (the embedded one or a real cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ADMIN_TIMEOUT_S = 10.0
+BROKER_WAIT_S = 60.0  # `make demo` starts the broker and the worker at once
+
+
+class BrokerUnreachable(RuntimeError):
+    """No broker answered at the configured bootstrap servers."""
+
+
+REACHABLE_TIMEOUT_S = 5.0
+
+
+def ensure_reachable(settings: Settings, timeout_s: float = REACHABLE_TIMEOUT_S) -> None:
+    """Raise ``BrokerUnreachable`` with one line that names the servers, or return.
+
+    librdkafka's own connection errors are silenced here: a closed port would otherwise print
+    a line per retry while the caller waits.
+    """
+    admin = AdminClient({**settings.kafka.confluent_config(), "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException as e:
+        raise BrokerUnreachable(
+            f"no Kafka broker answered at {settings.kafka.bootstrap_servers} within "
+            f"{timeout_s:.0f} s ({e.args[0].str() if e.args else e}); start the embedded one "
+            "with `glintstream broker`, or set KAFKA_BOOTSTRAP_SERVERS"
+        ) from None
+
+
+def ensure_topics(
+    config: Settings | Mapping[str, Any],
+    names: Iterable[str],
+    partitions: int = 4,
+    topic_config: Mapping[str, str] | None = None,
+) -> None:
+    """Create missing topics. Existing ones are left alone: Tansu cannot add partitions, and
+    another client may have won the race to create one."""
+    conf: dict[str, Any] = (
+        config.kafka.confluent_config() if isinstance(config, Settings) else dict(config)
+    )
+    admin = AdminClient(conf)
+    existing = admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
+    new = [
+        NewTopic(n, num_partitions=partitions, config=dict(topic_config or {}))
+        for n in names
+        if n not in existing
+    ]
+    for name, future in admin.create_topics(new).items() if new else ():
+        try:
+            future.result()
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+            log.debug("topic %s already exists", name)
+
+
+def partition_count(settings: Settings, topic: str) -> int:
+    admin = AdminClient(settings.kafka.confluent_config())
+    return len(admin.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics[topic].partitions)
+
+
+def ensure_worker_topics(settings: Settings) -> None:
+    """Create the worker's topics if missing; the changelog must be partitioned like clicks.
+
+    Waits up to ``BROKER_WAIT_S`` for the broker: `make demo` starts both at once.
+    """
+    deadline = time.monotonic() + BROKER_WAIT_S
+    while True:
+        try:
+            ensure_topics(
+                settings,
+                [settings.topics.clicks, settings.topics.recommendations, settings.topics.dlq],
+                settings.topics.partitions,
+            )
+            break
+        except KafkaException as e:
+            if time.monotonic() > deadline:
+                raise
+            log.info("waiting for the broker at %s: %s", settings.kafka.bootstrap_servers, e)
+    # Compacted: only the last record per user matters. Partitioned like the clicks as they
+    # are (they may predate this worker), which the check below insists on.
+    n_clicks = partition_count(settings, settings.topics.clicks)
+    changelog = settings.topics.state_changelog
+    ensure_topics(settings, [changelog], n_clicks, {"cleanup.policy": "compact"})
+    n_changelog = partition_count(settings, changelog)
+    if n_clicks != n_changelog:
+        raise RuntimeError(
+            f"{settings.topics.clicks} has {n_clicks} partitions but the state changelog "
+            f"{settings.topics.state_changelog} has {n_changelog}: they must match"
+        )
+
+
+def poll_batch(consumer: Consumer, max_messages: int, timeout: float) -> list[Message]:
+    """Up to ``max_messages`` as soon as one is there, or [] after ``timeout`` seconds.
+
+    confluent-kafka's ``consume(n, timeout)`` returns only when it has n messages or the whole
+    timeout is over: a reader of a slow stream would wait the timeout on every call.
+    """
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
