@@ -31,6 +31,7 @@ setup-prometheus:
 test: setup setup-prometheus
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/glintstream broker --port 0 --run-dir .run/test-broker -- \
 		$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 

@@ -12,7 +12,7 @@ The figures come from the clients' own rows (``acks.csv``: every click with its 
 partition and offset; ``recs.csv``: every recommendation received, the click it answers and
 when): per row (a minute by default) clicks sent, recommendations received, repeats, clicks
 still without a recommendation, latency p50 / p99 / max (click ``produce`` call -> the
-recommendation received by the reader), memory, then a verdict against issue 12's targets.
+recommendation received by the reader), memory, then a verdict against the soak's targets.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ WARMUP_ROWS = 2  # rows before memory growth is judged (model, caches and buffer
 TREND_ROWS = 5  # the trend target compares the first and the last this many rows
 STALL_REPORT_TIMEOUT_S = 120.0
 HTTP_TIMEOUT_S = 2.0
-# The targets of issue 12, printed next to the figures they judge.
+# The targets the verdict judges (docs/benchmarks.md says where they come from).
 TARGET_P99_MS = 50.0
 TARGET_TREND = 1.2
 TARGET_RSS_MIB_PER_ROW = 5.0

@@ -58,9 +58,8 @@ SAMPLE_S = 0.05  # how often progress and CPU time are sampled while waiting
 STALL_S = 90.0  # no new output for this long: the run failed
 CONSUME_MAX = 1000
 CONSUME_WAIT_S = 0.02  # short: receipt times are latency measurements
-# Tansu answers a Fetch that finds no data only after the consumer's whole fetch wait, even if
-# data arrives meanwhile (measured: ~115 ms per message at librdkafka's default 500 ms, ~1 ms
-# at 10 ms), so the readers ask for a short one: their own wait must not count as latency.
+# The embedded broker answers a Fetch that finds no data only after waiting (README, Embedded
+# broker), so the readers ask for a short wait: their own wait must not count as latency.
 READER_FETCH_WAIT_MS = 10
 # Small fetches, so that a fast system's outputs arrive in many receipts, not a few big ones:
 # throughput is timed from the first receipt to the last.
@@ -68,7 +67,7 @@ READER_FETCH_BYTES = 16 * 1024
 QUANTILES = (50, 95, 99)
 MIB = 1024 * 1024
 QUICK_USERS = 50  # --quick: ~8,000 ML-1M clicks, enough for every phase
-# The targets of issue 7, printed next to the figures they judge.
+# The targets the table judges (docs/benchmarks.md says where they come from).
 TARGET_THROUGHPUT = 5000.0  # clicks/s on one 2-core CPU worker
 TARGET_P99_MS, TARGET_P99_RATE = 50.0, 1000.0
 TARGET_STEP_OVER_RECOMPUTE = 20.0

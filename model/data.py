@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from model.locations import default_data_dir
+
 PAD = "<pad>"
 
 # name -> files it needs, relative to <data_dir>/<name>/
@@ -54,15 +56,6 @@ class SequenceData:
     def item_index(self) -> dict[str, int]:
         """External item id -> index (cached_property writes __dict__, so frozen is fine)."""
         return {item: i for i, item in enumerate(self.vocab) if i > 0}
-
-
-def default_data_dir() -> Path:
-    """The shared datasets next to the repository when they are there, else ``<repo>/data``.
-
-    The one default; ``stream.settings`` reads ``GLINTSTREAM_DATA_DIR`` over it."""
-    repo = Path(__file__).resolve().parents[1]
-    shared = repo.parent / "shared" / "datasets"
-    return shared if shared.is_dir() else repo / "data"
 
 
 def _require(name: str, data_dir: Path) -> list[Path]:

@@ -99,12 +99,13 @@ class StreamingGlintRU(GlintRU):
         S_new = lam.view(1, H, 1, 1) ** lengths.view(B, 1, 1, 1).to(x.dtype) * S0 + torch.einsum(
             "hbj,bjhd,bjhe->bhde", w_end, k, v
         )
-        ring = torch.cat([state.ring, item_seq], 1)
-        ring_new = ring.gather(
-            1, lengths.view(B, 1) + torch.arange(self.config.max_len, device=x.device)
-        )
         vec = torch.cat([g_new, s1_new, s2_new, S_new.flatten(1)], 1)
-        return out, StreamState(n0 + lengths, ring_new, vec)
+        return out, StreamState(n0 + lengths, self._ring_after(state.ring, item_seq, lengths), vec)
+
+    def _ring_after(self, ring: Tensor, item_seq: Tensor, lengths: Tensor) -> Tensor:
+        """The last L items of (ring, each user's first ``lengths`` clicks of the chunk)."""
+        window = torch.arange(self.config.max_len, device=ring.device)
+        return torch.cat([ring, item_seq], 1).gather(1, lengths.view(-1, 1) + window)
 
     @torch.no_grad()
     def step(self, state: StreamState, item_ids: Tensor) -> tuple[StreamState, Tensor]:

@@ -76,8 +76,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 class Registry:
-    def __init__(self, root: str | Path, keep: int = 5) -> None:
-        if keep < 1:
+    def __init__(self, root: str | Path, keep: int | None = None) -> None:
+        """``keep``: versions kept after a publish besides the current one (None: all)."""
+        if keep is not None and keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.root = Path(root)
         self.keep = keep
@@ -221,7 +222,7 @@ class Registry:
     def _prune(self) -> None:
         """Keep the newest `keep` versions and the current one; clear torn temp dirs. Locked."""
         versions = self._versions()
-        keep = set(versions[-self.keep :]) | {self.current_version()}
+        keep = set(versions[-self.keep :] if self.keep else versions) | {self.current_version()}
         for v in versions:
             if v not in keep:
                 # rename first, so a crash mid-delete never leaves a half version behind

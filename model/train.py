@@ -128,26 +128,12 @@ def train(config: TrainConfig, data: SequenceData | None = None) -> dict:
     data = data or load_dataset(config.dataset, config.data_dir)
     split: Split = leave_one_out(data)
     counts = item_counts(split.train, data.num_items)
-    model, kind, model_config = build_model(config, data.num_items)
-    if config.init_from is not None:
-        start, manifest = load_checkpoint(config.init_from)
-        if manifest["vocab"] != data.vocab or manifest["config"] != asdict(model_config):
-            raise ValueError(f"{config.init_from} has another vocabulary or model configuration")
-        model.load_state_dict(start.state_dict())
-    model.to(config.device)
-    log.info(
-        "%s on %s: %d users, %d items, %d parameters",
-        config.model,
-        data.name,
-        len(data.sequences),
-        data.num_items,
-        sum(p.numel() for p in model.parameters()),
-    )
-
+    model, kind, model_config = _start_model(config, data)
     history: list[dict] = []
     started = time.monotonic()
 
     def save(weights: SequentialRecommender, metrics: dict) -> None:
+        train_config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}
         save_checkpoint(
             config.out_dir,
             weights,
@@ -156,11 +142,7 @@ def train(config: TrainConfig, data: SequenceData | None = None) -> dict:
             vocab=data.vocab,
             dataset=data.name,
             metrics=metrics,
-            extra={
-                "train_config": {
-                    k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()
-                }
-            },
+            extra={"train_config": train_config},
         )
 
     def save_best_so_far(epoch: int) -> None:
@@ -190,6 +172,47 @@ def train(config: TrainConfig, data: SequenceData | None = None) -> dict:
     return metrics
 
 
+def _start_model(config: TrainConfig, data: SequenceData) -> tuple[SequentialRecommender, str, Any]:
+    """The model to train, on its device (from ``init_from``'s weights if given)."""
+    model, kind, model_config = build_model(config, data.num_items)
+    if config.init_from is not None:
+        start, manifest = load_checkpoint(config.init_from)
+        if manifest["vocab"] != data.vocab or manifest["config"] != asdict(model_config):
+            raise ValueError(f"{config.init_from} has another vocabulary or model configuration")
+        model.load_state_dict(start.state_dict())
+    model.to(config.device)
+    log.info(
+        "%s on %s: %d users, %d items, %d parameters",
+        config.model,
+        data.name,
+        len(data.sequences),
+        data.num_items,
+        sum(p.numel() for p in model.parameters()),
+    )
+    return model, kind, model_config
+
+
+def _epoch(
+    model: SequentialRecommender,
+    optimizer: torch.optim.Optimizer,
+    sequences: list[np.ndarray],
+    config: TrainConfig,
+    rng: np.random.Generator,
+    epoch: int,
+) -> float:
+    """One pass over the training data; the mean loss."""
+    model.train()
+    total, n_steps = 0.0, 0
+    steps = loss_steps(model, sequences, config.batch_size, rng, config.window_stride)
+    for loss_fn in tqdm(steps, desc=f"epoch {epoch}", disable=not config.progress, leave=False):
+        loss = loss_fn()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, n_steps = total + loss.item(), n_steps + 1
+    return total / max(n_steps, 1)
+
+
 def _fit(
     model: SequentialRecommender,
     split: Split,
@@ -200,44 +223,32 @@ def _fit(
     started: float,
     on_best: Callable[[int], None],
 ) -> tuple[dict[str, Tensor], int]:
+    """Epochs until early stopping, the epoch budget or the time budget; the best weights."""
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     best_ndcg, best_epoch, best_state, waited = -math.inf, 0, copy.deepcopy(model.state_dict()), 0
     for epoch in range(1, config.epochs + 1):
-        model.train()
-        t0, total, n_steps = time.monotonic(), 0.0, 0
-        steps = loss_steps(model, split.train, config.batch_size, rng, config.window_stride)
-        for loss_fn in tqdm(steps, desc=f"epoch {epoch}", disable=not config.progress, leave=False):
-            loss = loss_fn()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, n_steps = total + loss.item(), n_steps + 1
+        t0 = time.monotonic()
+        loss = _epoch(model, optimizer, split.train, config, rng, epoch)
         train_seconds = time.monotonic() - t0
         elapsed_min = (time.monotonic() - started) / 60
         out_of_time = config.max_minutes is not None and elapsed_min >= config.max_minutes
         if epoch % config.eval_every and epoch < config.epochs and not out_of_time:
-            log.info(
-                "epoch %d loss %.4f train %.1fs", epoch, total / max(n_steps, 1), train_seconds
-            )
+            log.info("epoch %d loss %.4f train %.1fs", epoch, loss, train_seconds)
             continue
         valid = evaluate_split(model, split.valid_inputs, split.valid_targets, counts, config)
-        ndcg = valid["full_masked"]["NDCG@10"]
+        hr, ndcg = valid["full_masked"]["HR@10"], valid["full_masked"]["NDCG@10"]
         history.append(
             {
                 "epoch": epoch,
-                "loss": round(total / max(n_steps, 1), 4),
+                "loss": round(loss, 4),
                 "train_seconds": round(train_seconds, 1),
-                "valid_HR@10": valid["full_masked"]["HR@10"],
+                "valid_HR@10": hr,
                 "valid_NDCG@10": ndcg,
             }
         )
         log.info(
             "epoch %d loss %.4f train %.1fs valid HR@10 %.4f NDCG@10 %.4f",
-            epoch,
-            total / max(n_steps, 1),
-            train_seconds,
-            valid["full_masked"]["HR@10"],
-            ndcg,
+            *(epoch, loss, train_seconds, hr, ndcg),
         )
         if ndcg > best_ndcg:
             best_ndcg, best_epoch, waited = ndcg, epoch, 0

@@ -12,13 +12,15 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.data import SequenceData
 from stream.clicks import Click
 from stream.settings import Settings
+
+if TYPE_CHECKING:  # the loaders import torch: not at `glintstream --help`
+    from model.data import SequenceData
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 # "Embedded broker"); a replay that batches a second of clicks writes one batch per partition
 # per second, so it can run for hours. A replay is not latency-bound: the wait is harmless.
 PRODUCE_LINGER_MS = 1000
+PROGRESS_EVERY = 512  # clicks between progress-bar updates
 
 
 def select_users(
@@ -143,26 +146,51 @@ def produce_clicks(
     linger_ms: int = PRODUCE_LINGER_MS,
 ) -> ProduceReport:
     """Send clicks keyed by user id; count delivery failures (undelivered at the end = failed)."""
-    from confluent_kafka import KafkaError, Message, Producer
-    from tqdm import tqdm
+    from confluent_kafka import Producer
 
     from stream.topics import ensure_topics
 
     topic = topic or settings.topics.clicks
     ensure_topics(settings, [topic], settings.topics.partitions)
     report = ProduceReport()
+    producer = Producer(producer_config(settings, linger_ms))
+    start = time.monotonic()
+    try:
+        _send(producer, topic, clicks, Pacer(rate), report, total, progress)
+    except KeyboardInterrupt:
+        report.interrupted = True
+        log.warning("interrupted: flushing the %d clicks sent so far", report.sent)
+    left = producer.flush(flush_timeout)
+    report.seconds = time.monotonic() - start
+    if left:  # never acknowledged: as good as lost
+        report.failed += left
+        report.first_error = report.first_error or f"{left} messages not delivered in time"
+    log.info(
+        "sent %d clicks to %s in %.1f s (%.0f/s): %d delivered, %d failed",
+        *(report.sent, topic, report.seconds, report.rate, report.delivered, report.failed),
+    )
+    return report
 
-    def on_delivery(err: KafkaError | None, msg: Message) -> None:
+
+def _send(
+    producer: Any,
+    topic: str,
+    clicks: Iterator[Click],
+    pacer: Pacer,
+    report: ProduceReport,
+    total: int | None,
+    progress: bool,
+) -> None:
+    from tqdm import tqdm
+
+    def on_delivery(err: Any, msg: Any) -> None:
         if err is None:
             report.delivered += 1
         else:
             report.failed += 1
             report.first_error = report.first_error or str(err)
 
-    producer = Producer(producer_config(settings, linger_ms))
-    pacer = Pacer(rate)
     bar = tqdm(total=total, unit="click", disable=not progress, smoothing=0.1)
-    start = time.monotonic()
     try:
         for click in clicks:
             pacer.wait()
@@ -175,27 +203,9 @@ def produce_clicks(
                     producer.poll(0.05)
             producer.poll(0)  # serve delivery callbacks
             report.sent += 1
-            if report.sent % 512 == 0:  # tqdm per message would cost more than producing
-                bar.update(512)
+            if report.sent % PROGRESS_EVERY == 0:  # tqdm per message costs more than producing
+                bar.update(PROGRESS_EVERY)
                 bar.set_postfix(delivered=report.delivered, failed=report.failed, refresh=False)
-    except KeyboardInterrupt:
-        report.interrupted = True
-        log.warning("interrupted: flushing the %d clicks sent so far", report.sent)
     finally:
-        bar.update(report.sent % 512)
+        bar.update(report.sent % PROGRESS_EVERY)
         bar.close()
-    left = producer.flush(flush_timeout)
-    report.seconds = time.monotonic() - start
-    if left:  # never acknowledged: as good as lost
-        report.failed += left
-        report.first_error = report.first_error or f"{left} messages not delivered in time"
-    log.info(
-        "sent %d clicks to %s in %.1f s (%.0f/s): %d delivered, %d failed",
-        report.sent,
-        topic,
-        report.seconds,
-        report.rate,
-        report.delivered,
-        report.failed,
-    )
-    return report

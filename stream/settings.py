@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.data import default_data_dir
+from model.locations import default_data_dir
 from stream.messages import ScoringMode
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -245,7 +245,7 @@ class FinetuneSettings(BaseSettings):
     metrics_port: int = 9301  # /metrics; 0 = off
     every_clicks: int = 2000  # run after this many new clicks ...
     every_s: float = 60.0  # ... or this long after the last run, if any click came
-    steps: int = 20  # Adam steps per run: bounds its time (~1 s each on ML-1M, 1 core)
+    steps: int = 20  # Adam steps per run: bounds its time
     lr: float = 3e-4  # small: it starts from a trained model
     batch_size: int = 32  # windows (or whole users, streaming variant) per step
     holdout_users: int = 200  # most recently active users whose last click is held out
@@ -254,7 +254,7 @@ class FinetuneSettings(BaseSettings):
     user_clicks: int = 200  # clicks kept per user (= the ML-1M window L)
     max_users: int = 20000  # users kept; the least recently active are evicted
     new_item_min_clicks: int = 2  # clicks before a new item joins the vocabulary
-    keep_versions: int = 5  # registry versions retained after a publish
+    keep_versions: int = 5  # registry versions retained after a publish (the one default)
     block_cache_mb: int = 8  # RocksDB block cache of the job's store
     torch_threads: int = 1  # leaves the other cores to the workers
     seed: int = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -141,48 +142,69 @@ class StallDetector:
         return out
 
 
-def tail(
-    settings: Settings,
-    *,
-    topic: str | None = None,
-    from_beginning: bool = False,
-    limit: int | None = None,
-    user: str | None = None,
-    titles: dict[str, str] | None = None,
-    top: int = 5,
-    out: Callable[[str], None] = print,
-    idle_timeout: float | None = None,
-    stall_timeout: float | None = None,
-) -> int:
-    """Print messages until `limit` were printed, `idle_timeout` s pass without one, or Ctrl-C.
+@dataclass
+class TailOptions:
+    """What `glintstream tail` prints, and when it stops."""
 
-    Raises ``TailError`` when messages the broker holds do not arrive for ``stall_timeout``
-    seconds (default: the worker's ``worker_stall_timeout_s``).
+    topic: str | None = None  # default: the recommendations topic
+    from_beginning: bool = False
+    limit: int | None = None  # stop after this many lines
+    user: str | None = None  # only this user's messages
+    titles: dict[str, str] = field(default_factory=dict)  # external item id -> title
+    top: int = 5  # items shown per line
+    idle_timeout: float | None = None  # stop after this long without a message
+    stall_timeout: float | None = None  # default: the worker's stall timeout
+
+
+def tail(settings: Settings, options: TailOptions, out: Callable[[str], None] = print) -> int:
+    """Print messages until the limit, the idle timeout or Ctrl-C; the number printed.
+
+    Raises ``TailError`` when messages the broker holds do not arrive for the stall timeout.
     """
     from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, TopicPartition
 
-    topic = topic or settings.topics.recommendations
+    topic = options.topic or settings.topics.recommendations
     servers = settings.kafka.bootstrap_servers
     conf = {**settings.kafka.confluent_config(), "group.id": "glintstream-tail"}
     conf.update({"enable.auto.commit": False, "enable.partition.eof": False})
     consumer = Consumer(conf)
     try:
-        partitions = _partitions(consumer, topic, servers)
-        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
-        assigned = [TopicPartition(topic, p, start) for p in partitions]
+        start = OFFSET_BEGINNING if options.from_beginning else OFFSET_END
+        assigned = [TopicPartition(topic, p, start) for p in _partitions(consumer, topic, servers)]
         consumer.assign(assigned)
-        # Tansu's ListOffsets(LATEST) under-reports the log end, so OFFSET_END may replay some
-        # older messages: drop those by their timestamp instead.
-        not_before_ms = 0 if from_beginning else int(time.time() * 1000) - 1000
-        detector = StallDetector(stall_timeout or settings.worker.stall_timeout_s)
-        printed, last_seen, checked = 0, time.monotonic(), time.monotonic()
-        while limit is None or printed < limit:
+        detector = StallDetector(options.stall_timeout or settings.worker.stall_timeout_s)
+        return _print(
+            consumer,
+            options,
+            out,
+            lambda now: _check_stall(consumer, assigned, detector, now, topic, servers),
+            detector,
+        )
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        consumer.close()
+
+
+def _print(
+    consumer: Any,
+    options: TailOptions,
+    out: Callable[[str], None],
+    check_stall: Callable[[float], None],
+    detector: StallDetector,
+) -> int:
+    # Tansu's ListOffsets(LATEST) under-reports the log end, so OFFSET_END may replay some
+    # older messages: drop those by their timestamp instead.
+    not_before_ms = 0 if options.from_beginning else int(time.time() * 1000) - 1000
+    printed, last_seen, checked = 0, time.monotonic(), time.monotonic()
+    try:
+        while options.limit is None or printed < options.limit:
             now = time.monotonic()
-            if idle_timeout is not None and now - last_seen > idle_timeout:
+            if options.idle_timeout is not None and now - last_seen > options.idle_timeout:
                 break
             if now - checked >= STALL_CHECK_S:
                 checked = now
-                _check_stall(consumer, assigned, detector, now, topic, servers)
+                check_stall(now)
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
@@ -193,15 +215,13 @@ def tail(
             detector.arrived(int(msg.partition() or 0), last_seen)
             if msg.timestamp()[1] < not_before_ms:
                 continue
-            if user is not None and not _is_user(msg.key(), msg.value(), user):
+            if options.user is not None and not _is_user(msg.key(), msg.value(), options.user):
                 continue
             where = f"p{msg.partition()}@{msg.offset()}"
-            out(format_recommendation(msg.value(), msg.key(), where, titles, top))
+            out(format_recommendation(msg.value(), msg.key(), where, options.titles, options.top))
             printed += 1
     except KeyboardInterrupt:
         pass
-    finally:
-        consumer.close()
     return printed
 
 

@@ -10,7 +10,7 @@ from confluent_kafka.admin import AdminClient
 
 import stream.tail
 from stream.settings import Settings
-from stream.tail import StallDetector, TailError, format_recommendation, tail
+from stream.tail import StallDetector, TailError, TailOptions, format_recommendation, tail
 from stream.topics import ensure_topics
 
 SAMPLE = {
@@ -68,27 +68,22 @@ def test_tail_round_trip(settings: Settings, unique_name) -> None:
     topic = unique_name("recs")
     lines: list[str] = []
     ensure_topics(settings, [topic])  # the worker's job; tail never creates topics
-    assert tail(settings, topic=topic, from_beginning=True, idle_timeout=0.5, out=lines.append) == 0
+    everything = TailOptions(topic=topic, from_beginning=True, idle_timeout=0.5)
+    assert tail(settings, everything, lines.append) == 0
     producer = Producer(settings.kafka.confluent_config())
     producer.produce(topic, key=b"42", value=json.dumps(SAMPLE).encode())
     producer.produce(topic, key=b"7", value=b"junk")
     producer.produce(topic, key=b"42", value=json.dumps({**SAMPLE, "model_version": 4}).encode())
     assert producer.flush(10) == 0
-    n = tail(
-        settings,
-        topic=topic,
-        from_beginning=True,
-        user="42",
-        limit=2,
-        titles=TITLES,
-        out=lines.append,
-        idle_timeout=20,
+    options = TailOptions(
+        topic=topic, from_beginning=True, user="42", limit=2, titles=TITLES, idle_timeout=20
     )
+    n = tail(settings, options, lines.append)
     assert n == 2 and len(lines) == 2
     assert {"model v3" in line for line in lines} == {True, False}
     assert all("user 42" in line and "Toy Story" in line for line in lines)
     lines.clear()
-    tail(settings, topic=topic, from_beginning=True, limit=3, out=lines.append, idle_timeout=20)
+    tail(settings, TailOptions(topic, True, limit=3, idle_timeout=20), lines.append)
     assert sum(line.startswith("MALFORMED") for line in lines) == 1
 
 
@@ -98,7 +93,7 @@ def test_tail_never_creates_the_topic(
     monkeypatch.setattr(stream.tail, "TOPIC_WAIT_S", 0.5)
     topic = unique_name("missing")
     with pytest.raises(TailError, match=f"topic {topic} does not exist at"):
-        tail(settings, topic=topic, idle_timeout=0.5)
+        tail(settings, TailOptions(topic=topic, idle_timeout=0.5))
     admin = AdminClient(settings.kafka.confluent_config())
     assert topic not in admin.list_topics(timeout=10).topics
 

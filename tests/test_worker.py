@@ -1,16 +1,17 @@
 """The streaming worker against the real broker, RocksDB and `glintstream worker` processes.
 
-One scenario, in phases that share workers (a JoinGroup costs ~5 s on Tansu, a worker start
-~8 s), each test continuing the users' histories of the previous one:
+Each test runs its own scenario (its own topics, state and worker) on the same synthetic users,
+whose sequences are cut into phases of clicks:
 
 1. end to end: every recommendation equals the offline model's top-K for the same history;
 2. junk (hypothesis-generated) mixed into the stream ends in the DLQ, valid clicks still served;
 3. kill -9 mid-stream and restart: every click applied exactly once;
 4. a second worker joins and leaves: the partitions move with their state;
 5. a new registry version is hot-swapped in; stored states are rebuilt from their rings;
-6. a restart with a wiped state dir while input arrives (faust #596): nothing lost.
+6. a restart with a wiped state dir while input arrives (faust #596): nothing lost;
+7. a batch that fails takes the worker down (exit 70).
 
-After every phase: each valid click has at least one recommendation and all of them equal the
+After every step: each valid click has at least one recommendation and all of them equal the
 offline model's; each user's stored click count equals the valid clicks produced for them.
 """
 
@@ -161,7 +162,7 @@ class Scenario:
             raise AssertionError(f"(stored n, produced) differ for {wrong}") from None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def scenario(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     root = tmp_path_factory.mktemp("worker")
     suffix = root.name.replace("_", "-")
@@ -325,7 +326,15 @@ def test_4_second_worker_joins_and_leaves_keeping_state(scenario: Scenario) -> N
     scenario.check_exactly_once()
 
 
+def serve_a_first_phase(scenario: Scenario) -> None:
+    """Users with a state and a stream position, for the steps that start from them."""
+    scenario.produce_phase(0)
+    scenario.wait_outputs()
+    scenario.check_outputs(expected_version=0)
+
+
 def test_5_new_model_version_is_hot_swapped(scenario: Scenario, tmp_path: Path) -> None:
+    serve_a_first_phase(scenario)
     make_checkpoint(tmp_path / "v1", scenario.vocab, seed=1)
     info = Registry(scenario.registry_dir).publish(tmp_path / "v1")
     model1, _ = load_checkpoint(info.path)
@@ -338,6 +347,7 @@ def test_5_new_model_version_is_hot_swapped(scenario: Scenario, tmp_path: Path) 
 
 
 def test_6_wiped_restart_with_input_during_recovery_loses_nothing(scenario: Scenario) -> None:
+    serve_a_first_phase(scenario)
     assert scenario.a.terminate() == 0
     shutil.rmtree(scenario.state_dir / "a")
     scenario.a.start()
@@ -345,7 +355,7 @@ def test_6_wiped_restart_with_input_during_recovery_loses_nothing(scenario: Scen
     scenario.produce_phase(5, pace_s=0.03)
     scenario.a.wait_ready()
     scenario.wait_outputs()
-    scenario.check_outputs(expected_version=1)
+    scenario.check_outputs(expected_version=0)
     scenario.check_exactly_once()
 
     # and the local RocksDB the worker rebuilt agrees with the changelog
@@ -366,6 +376,8 @@ def test_6_wiped_restart_with_input_during_recovery_loses_nothing(scenario: Scen
 
 def test_7_agent_crash_exits_nonzero(scenario: Scenario) -> None:
     """No silent agent death: a batch that fails takes the process down for a restart."""
+    serve_a_first_phase(scenario)
+    assert scenario.a.terminate() == 0
     user = next(iter(scenario.ledger.histories))
     store = StateStore(
         scenario.state_dir / "a" / "users",

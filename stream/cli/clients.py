@@ -100,14 +100,13 @@ def tail(
     topic: str | None,
 ) -> None:
     """Pretty-print the recommendations stream, one line per message, until Ctrl-C."""
-    from stream.tail import TailError, load_titles
+    from stream.tail import TailError, TailOptions, load_titles
     from stream.tail import tail as run_tail
     from stream.topics import BrokerUnreachable, ensure_reachable
 
     try:
         ensure_reachable(settings)
-        run_tail(
-            settings,
+        options = TailOptions(
             topic=topic,
             from_beginning=from_beginning,
             limit=limit,
@@ -115,5 +114,6 @@ def tail(
             titles=load_titles(settings, titles),
             top=top,
         )
+        run_tail(settings, options)
     except (BrokerUnreachable, TailError) as e:
         raise click.ClickException(str(e)) from None

@@ -8,15 +8,14 @@ from typing import Any
 
 import click
 
+from model.catalog import MODELS
 from stream.cli.context import pass_settings
 from stream.settings import Settings
-
-MODEL_CHOICES = ["glintru", "glintru-streaming", "sasrec", "gru4rec", "popularity"]
 
 
 @click.command()
 @click.option("--dataset", default="ml-1m", show_default=True)
-@click.option("--model", "model_name", type=click.Choice(MODEL_CHOICES), default="glintru")
+@click.option("--model", "model_name", type=click.Choice(list(MODELS)), default="glintru")
 @click.option("--out", type=click.Path(path_type=Path), help="Checkpoint dir [runs/DATASET-MODEL].")
 @click.option("--epochs", type=int, default=200, show_default=True)
 @click.option("--batch-size", type=int, default=128, show_default=True)
@@ -133,9 +132,6 @@ def evaluate(
     click.echo(f"users {result['users']}")
 
 
-KEEP = 5  # versions kept after a publish (the current one is always kept too)
-
-
 def _gate_text(gate: dict[str, Any] | None) -> str:
     if not gate:
         return "-"
@@ -151,16 +147,17 @@ def model() -> None:
 @click.argument("checkpoint_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--note", default="", help="Free text stored with the version.")
 @click.option("--parent", type=int, help="The version this checkpoint was derived from.")
-@click.option("--keep", type=int, default=KEEP, show_default=True, help="Versions to retain.")
+@click.option("--keep", type=int, help="Versions to retain [finetune_keep_versions].")
 @pass_settings
 def publish(
-    settings: Settings, checkpoint_dir: Path, note: str, parent: int | None, keep: int
+    settings: Settings, checkpoint_dir: Path, note: str, parent: int | None, keep: int | None
 ) -> None:
     """Validate CHECKPOINT_DIR, add it as the next version and make it current."""
     from model.checkpoint import CheckpointError
     from model.registry import Registry, RegistryError
 
     try:
+        keep = settings.finetune.keep_versions if keep is None else keep
         info = Registry(settings.paths.registry_dir, keep=keep).publish(
             checkpoint_dir, parent=parent, note=note
         )
