@@ -31,11 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.procstat import cpu_seconds, rss_bytes, tree_bytes
-from bench.prometheus import PrometheusServer
 from model.data import SequenceData, load_dataset
 from stream.broker import Broker, free_port
 from stream.produce import click_order
-from stream.testkit import WorkerProcess, worker_env
+from stream.testkit import PrometheusServer, WorkerProcess, worker_env
 
 log = logging.getLogger(__name__)
 

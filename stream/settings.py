@@ -311,6 +311,12 @@ def _env_name(group: type[BaseSettings], name: str) -> str:
     return str(group.model_config.get("env_prefix", "")) + name.upper()
 
 
+def env_name(flat: str) -> str:
+    """The environment variable a setting is read from, by its flat name."""
+    group, field = flat_names()[flat]
+    return _env_name(GROUPS[group], field) if group else ENV_PREFIX + field.upper()
+
+
 def flat_names() -> dict[str, tuple[str | None, str]]:
     """Every setting's flat name -> (its group, or None at the top; its field)."""
     names: dict[str, tuple[str | None, str]] = {}

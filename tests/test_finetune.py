@@ -35,7 +35,7 @@ from stream.finetune import FinetuneJob
 from stream.finetune_store import RecentClicks, StoredClick
 from stream.messages import RunOutcome
 from stream.settings import RocksDBSettings, Settings, load_settings
-from stream.testkit import GLINTSTREAM, POLL_S, TopicReader, WorkerProcess, worker_env
+from stream.testkit import GLINTSTREAM, POLL_S, TopicReader, WorkerProcess, private_worker_env
 from stream.topics import ensure_topics
 
 torch.set_num_threads(1)  # the test machine is shared; the job sets its own threads too
@@ -370,24 +370,13 @@ def test_finetune_process_publishes_announces_and_the_worker_switches(
     tmp_path: Path,
     unique_name: Callable[[str], str],
 ) -> None:
-    save(frozen, tmp_path / "fallback")  # the worker serves it as version 0
+    save(frozen, tmp_path / "checkpoint")  # the worker serves it as version 0
     metrics_port = free_port()
-    topics = {t: unique_name(t) for t in ("clicks", "recs", "dlq", "changelog", "updates")}
-    env = worker_env(
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers,
-        GLINTSTREAM_TOPIC_CLICKS=topics["clicks"],
-        GLINTSTREAM_TOPIC_RECOMMENDATIONS=topics["recs"],
-        GLINTSTREAM_TOPIC_DLQ=topics["dlq"],
-        GLINTSTREAM_TOPIC_STATE_CHANGELOG=topics["changelog"],
-        GLINTSTREAM_TOPIC_MODEL_UPDATES=topics["updates"],
-        GLINTSTREAM_WORKER_APP_ID=unique_name("worker"),
-        GLINTSTREAM_STATE_DIR=tmp_path / "state",
-        GLINTSTREAM_REGISTRY_DIR=tmp_path / "registry",
-        GLINTSTREAM_CHECKPOINT_DIR=tmp_path / "fallback",
-        GLINTSTREAM_METRICS_PORT=0,
-        GLINTSTREAM_WORKER_SESSION_TIMEOUT_S=6,
+    env, topics = private_worker_env(
+        bootstrap_servers,
+        tmp_path,
+        unique_name,
         GLINTSTREAM_MODEL_CHECK_INTERVAL_S=0.2,
-        GLINTSTREAM_DEVICE="cpu",
         GLINTSTREAM_FINETUNE_METRICS_PORT=metrics_port,
         GLINTSTREAM_FINETUNE_GROUP_ID=unique_name("finetune"),
         GLINTSTREAM_FINETUNE_EVERY_CLICKS=E2E_USERS * HALF * 2,  # once the whole stream is in
@@ -408,7 +397,7 @@ def test_finetune_process_publishes_announces_and_the_worker_switches(
         produce(bootstrap_servers, topics["clicks"], stream, vocab, ts=STREAM_TS)
         job.wait_for("fine-tune run 1: published v1", timeout=120)
         settings = load_settings(kafka_bootstrap_servers=bootstrap_servers)
-        (announced,) = read_topic(settings, topics["updates"], wait_s=3.0)
+        (announced,) = read_topic(settings, topics["model_updates"], wait_s=3.0)
         info = Registry(tmp_path / "registry").current()
         assert info is not None and info.version == announced["version"] == 1
         assert info.gate == announced["figures"] and announced["parent"] is None
@@ -421,7 +410,7 @@ def test_finetune_process_publishes_announces_and_the_worker_switches(
         produce(bootstrap_servers, topics["clicks"], [stream[0][-1:]], vocab, ts=AFTER_TS)
         produce(bootstrap_servers, topics["clicks"], [np.array([NUM_ITEMS + 1])], vocab, AFTER_TS)
         worker.wait_for("serving model version 1", timeout=60)
-        recs = TopicReader(bootstrap_servers, topics["recs"])
+        recs = TopicReader(bootstrap_servers, topics["recommendations"])
         try:
             recs.read_until(
                 lambda: (

@@ -33,7 +33,13 @@ from stream import metrics
 from stream.broker import free_port
 from stream.messages import RunOutcome
 from stream.settings import REPO_ROOT
-from stream.testkit import ClickProducer, Ledger, WorkerProcess, worker_env
+from stream.testkit import (
+    ClickProducer,
+    Ledger,
+    PrometheusServer,
+    WorkerProcess,
+    private_worker_env,
+)
 
 DEPLOY = REPO_ROOT / "deploy"
 PROMETHEUS_PACKAGE = "prometheus"  # Debian: brings both `prometheus` and `promtool`
@@ -215,73 +221,6 @@ def http_get(url: str) -> bytes:
         return response.read()
 
 
-class PrometheusServer:
-    """A real `prometheus` on a free loopback port, scraping `targets` every second."""
-
-    def __init__(self, binary: str, root: Path, targets: list[str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = root / "prometheus.yml"
-        # JSON is YAML: no YAML library needed to write the config
-        config.write_text(
-            json.dumps(
-                {
-                    "global": {
-                        "scrape_interval": f"{SCRAPE_INTERVAL_S}s",
-                        "evaluation_interval": f"{SCRAPE_INTERVAL_S}s",
-                    },
-                    "scrape_configs": [
-                        {"job_name": "glintstream-worker", "static_configs": [{"targets": targets}]}
-                    ],
-                }
-            )
-        )
-        self.log_path = root / "prometheus.log"
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={root / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"prometheus exited:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                http_get(f"{self.url}/-/ready")
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"prometheus not ready in {timeout}s") from None
-                time.sleep(POLL_S)
-
-    def query(self, promql: str) -> list[dict]:
-        """An instant query through the HTTP API; the result vector (raises on a query error)."""
-        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        try:
-            body = json.loads(http_get(url))
-        except urllib.error.HTTPError as e:  # 400/422: the query itself is wrong
-            raise AssertionError(f"{promql!r}: {e.read().decode()}") from None
-        assert body["status"] == "success", body
-        result = body["data"]["result"]
-        return result if isinstance(result, list) else [{"value": result}]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(HTTP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 class SteadyClicks:
     """Valid clicks at a steady pace, plus one malformed one, from a background thread."""
 
@@ -322,21 +261,9 @@ def running_worker(
     """A `glintstream worker` on a tiny checkpoint, serving metrics on a free port."""
     vocab = ["<pad>"] + [f"i{i}" for i in range(1, NUM_ITEMS + 1)]
     make_checkpoint(tmp_path / "checkpoint", vocab, seed=0)
-    topics = {name: unique_name(name) for name in ("clicks", "recs", "dlq", "changelog")}
     port = free_port()
-    env = worker_env(
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers,
-        GLINTSTREAM_TOPIC_CLICKS=topics["clicks"],
-        GLINTSTREAM_TOPIC_RECOMMENDATIONS=topics["recs"],
-        GLINTSTREAM_TOPIC_DLQ=topics["dlq"],
-        GLINTSTREAM_TOPIC_STATE_CHANGELOG=topics["changelog"],
-        GLINTSTREAM_WORKER_APP_ID=unique_name("worker"),
-        GLINTSTREAM_STATE_DIR=tmp_path / "state",
-        GLINTSTREAM_REGISTRY_DIR=tmp_path / "registry",
-        GLINTSTREAM_CHECKPOINT_DIR=tmp_path / "checkpoint",
-        GLINTSTREAM_METRICS_PORT=port,
-        GLINTSTREAM_WORKER_SESSION_TIMEOUT_S=6,
-        GLINTSTREAM_DEVICE="cpu",
+    env, topics = private_worker_env(
+        bootstrap_servers, tmp_path, unique_name, GLINTSTREAM_METRICS_PORT=port
     )
     worker = WorkerProcess(env, "obs", tmp_path).start()
     try:
@@ -378,7 +305,8 @@ def test_prometheus_scrapes_a_processing_worker(
     tmp_path: Path,
 ) -> None:
     worker, port = running_worker.process, running_worker.metrics_port
-    prom = PrometheusServer(prometheus_bin["prometheus"], tmp_path, [f"127.0.0.1:{port}"])
+    target = [f"127.0.0.1:{port}"]
+    prom = PrometheusServer(prometheus_bin["prometheus"], tmp_path, target, SCRAPE_INTERVAL_S)
     try:
         prom.wait_ready(QUERY_TIMEOUT_S)
         with SteadyClicks(bootstrap_servers, running_worker.clicks_topic, running_worker.vocab):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 
 import click
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 
 from stream.cli import main
 from stream.cli.context import pass_settings
-from stream.settings import REPO_ROOT, Settings, load_settings
+from stream.settings import REPO_ROOT, Settings, env_name, flat_names, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -115,3 +116,31 @@ def test_cli_rejects_unknown_setting(show_command: None) -> None:
     result = CliRunner().invoke(main, ["--set", "no_such_field=1", "show-settings"])
     assert result.exit_code == 2
     assert "no_such_field" in result.output
+
+
+def test_every_setting_is_documented_with_its_environment_name() -> None:
+    """The README's settings tables name every setting, and the environment variables they give
+    are the ones the settings read."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", readme, re.M))
+    names = flat_names()
+    assert set(names) <= documented, sorted(set(names) - documented)
+    for name, env in re.findall(r"^\| `([a-z0-9_]+)` \| `([A-Z][A-Z0-9_]+)` \|", readme, re.M):
+        assert env == env_name(name), (name, env)
+
+
+def test_environment_names_follow_the_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in [
+        ("GLINTSTREAM_WORKER_STALL_TIMEOUT_S", "3"),
+        ("GLINTSTREAM_TOP_K", "7"),
+        ("GLINTSTREAM_PARTITIONS", "9"),
+        ("GLINTSTREAM_FINETUNE_METRICS_PORT", "0"),
+        ("GLINTSTREAM_KAFKA_SESSION_TIMEOUT_MS", "7000"),
+    ]:
+        monkeypatch.setenv(name, value)
+    s = load_settings()
+    assert (s.worker.stall_timeout_s, s.worker.top_k, s.topics.partitions) == (3.0, 7, 9)
+    assert s.finetune.metrics_port == 0 and s.kafka.session_timeout_ms == 7000
+    assert s.with_overrides(top_k=4).worker.top_k == 4
+    with pytest.raises(ValueError, match="unknown settings: no_such"):
+        s.with_overrides(no_such=1)

@@ -19,7 +19,7 @@ from test_worker import make_checkpoint
 
 from stream.broker import free_port
 from stream.messages import StallReason as Reason
-from stream.testkit import ClickProducer, Ledger, WorkerProcess, worker_env
+from stream.testkit import ClickProducer, Ledger, WorkerProcess, private_worker_env
 from stream.watchdog import PartitionView, Watchdog
 from stream.worker import EXIT_STALLED
 
@@ -100,24 +100,17 @@ def test_a_worker_whose_batches_hang_reports_the_stall_then_exits(
 ) -> None:
     vocab = ["<pad>"] + [f"i{i}" for i in range(1, 21)]
     make_checkpoint(tmp_path / "checkpoint", vocab, seed=0)
-    clicks = unique_name("clicks")
     port = free_port()
-    env = worker_env(
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers,
-        GLINTSTREAM_TOPIC_CLICKS=clicks,
-        GLINTSTREAM_TOPIC_RECOMMENDATIONS=unique_name("recs"),
-        GLINTSTREAM_TOPIC_DLQ=unique_name("dlq"),
-        GLINTSTREAM_TOPIC_STATE_CHANGELOG=unique_name("changelog"),
-        GLINTSTREAM_WORKER_APP_ID=unique_name("worker"),
-        GLINTSTREAM_STATE_DIR=tmp_path / "state",
-        GLINTSTREAM_REGISTRY_DIR=tmp_path / "registry",
-        GLINTSTREAM_CHECKPOINT_DIR=tmp_path / "checkpoint",
+    env, topics = private_worker_env(
+        bootstrap_servers,
+        tmp_path,
+        unique_name,
         GLINTSTREAM_METRICS_PORT=port,
         GLINTSTREAM_BATCH_MAX_SIZE=2,  # the consumer loop blocks after a couple of clicks
         GLINTSTREAM_WORKER_STALL_TIMEOUT_S=3,
         GLINTSTREAM_WORKER_STALL_EXIT_S=3,
-        GLINTSTREAM_DEVICE="cpu",
     )
+    clicks = topics["clicks"]
     worker = WorkerProcess(env, "stall", tmp_path).start()
     try:
         deadline = time.monotonic() + 90

@@ -48,7 +48,7 @@ from stream.testkit import (
     WorkerProcess,
     latest_records,
     offline_top_k,
-    worker_env,
+    private_worker_env,
 )
 from stream.worker import EXIT_AGENT_CRASHED
 
@@ -166,9 +166,6 @@ class Scenario:
 def scenario(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     root = tmp_path_factory.mktemp("worker")
     suffix = root.name.replace("_", "-")
-    topics = {
-        name: f"{name}-{suffix}" for name in ("clicks", "recommendations", "dlq", "changelog")
-    }
     data = synthetic(num_users=40, num_items=30, min_len=12, max_len=36, seed=3)
     make_checkpoint(root / "checkpoint", data.vocab, seed=0)
     model0, _ = load_checkpoint(root / "checkpoint")
@@ -179,21 +176,12 @@ def scenario(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory) -
             chunks[phase] += [(float(ts[i]), user, int(seq[i])) for i in part]
     for chunk in chunks:
         chunk.sort()
-    env = worker_env(
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap_servers,
-        GLINTSTREAM_TOPIC_CLICKS=topics["clicks"],
-        GLINTSTREAM_TOPIC_RECOMMENDATIONS=topics["recommendations"],
-        GLINTSTREAM_TOPIC_DLQ=topics["dlq"],
-        GLINTSTREAM_TOPIC_STATE_CHANGELOG=topics["changelog"],
-        GLINTSTREAM_WORKER_APP_ID=f"worker-{suffix}",
-        GLINTSTREAM_STATE_DIR=root / "state",
-        GLINTSTREAM_REGISTRY_DIR=root / "registry",
-        GLINTSTREAM_CHECKPOINT_DIR=root / "checkpoint",
-        GLINTSTREAM_METRICS_PORT=0,
+    env, topics = private_worker_env(
+        bootstrap_servers,
+        root,
+        lambda prefix: f"{prefix}-{suffix}",
         GLINTSTREAM_TOP_K=K,
         GLINTSTREAM_BATCH_MAX_SIZE=64,  # several batches per phase
-        GLINTSTREAM_WORKER_SESSION_TIMEOUT_S=6,
-        GLINTSTREAM_DEVICE="cpu",
     )
     a = WorkerProcess(env, "a", root).start()
     a.wait_ready()  # also creates the topics

@@ -1,5 +1,5 @@
-"""A real `prometheus` on a free loopback port, loading deploy/alerts.yml, for the soak's stall
-check: does the alert fire, and how long after the stall began?"""
+"""A real `prometheus` on a free loopback port scraping glintstream workers, with deploy/'s
+alert rules: does a query answer, does an alert fire, and when?"""
 
 from __future__ import annotations
 
@@ -38,20 +38,29 @@ def deploy_intervals() -> dict[str, str]:
 
 
 class PrometheusServer:
-    """Scrapes ``targets`` as the worker job, with deploy/'s intervals and alert rules."""
+    """Scrapes ``targets`` as the worker job, with deploy/'s alert rules and intervals (or a
+    faster ``interval_s``, so a test sees many samples within seconds)."""
 
-    def __init__(self, binary: str, root: Path, targets: list[str]) -> None:
+    def __init__(
+        self, binary: str, root: Path, targets: list[str], interval_s: float | None = None
+    ) -> None:
         root = root.resolve()  # Prometheus resolves relative paths against its config's folder
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = root / "prometheus.yml"
         alerts = root / "alerts.yml"
         shutil.copy(ALERTS, alerts)
+        every = f"{interval_s:g}s" if interval_s is not None else None
+        intervals = (
+            deploy_intervals()
+            if every is None
+            else {"scrape_interval": every, "evaluation_interval": every}
+        )
+        config = root / "prometheus.yml"
         config.write_text(  # JSON is YAML: no YAML library needed to write the config
             json.dumps(
                 {
-                    "global": deploy_intervals(),
+                    "global": intervals,
                     "rule_files": [str(alerts)],
                     "scrape_configs": [
                         {"job_name": "glintstream-worker", "static_configs": [{"targets": targets}]}
@@ -89,11 +98,23 @@ class PrometheusServer:
                     raise TimeoutError(f"prometheus not ready in {timeout}s") from None
                 time.sleep(POLL_S)
 
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant query through the HTTP API; the result vector (raises on a query error)."""
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        try:
+            body = _get(url)
+        except urllib.error.HTTPError as e:  # 400/422: the query itself is wrong
+            raise ValueError(f"{promql!r}: {e.read().decode()}") from None
+        if body["status"] != "success":
+            raise ValueError(f"{promql!r}: {body}")
+        result = body["data"]["result"]
+        return result if isinstance(result, list) else [{"value": result}]
+
     def firing(self) -> set[str]:
         """Names of the alerts firing now."""
         try:
             body = _get(f"{self.url}/api/v1/alerts")
-        except (OSError, urllib.error.URLError, ValueError):
+        except (OSError, ValueError):
             return set()
         return {a["labels"]["alertname"] for a in body["data"]["alerts"] if a["state"] == "firing"}
 

@@ -285,3 +285,31 @@ def worker_env(**values: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLINTSTREAM_")}
     env.update({k: str(v) for k, v in values.items()})
     return env
+
+
+WORKER_TOPICS = ("clicks", "recommendations", "dlq", "changelog", "model_updates")
+
+
+def private_worker_env(
+    bootstrap: str, root: Path, name: Callable[[str], str], **settings: Any
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(environment, topic names) of a CPU worker on its own topics, consumer group and
+    directories under ``root``, serving the checkpoint in ``root / "checkpoint"``; ``settings``
+    are more environment values (``GLINTSTREAM_TOP_K=5``). ``name(prefix)`` makes a unique name."""
+    topics = {topic: name(topic.replace("_", "-")) for topic in WORKER_TOPICS}
+    defaults: dict[str, Any] = dict(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        GLINTSTREAM_TOPIC_CLICKS=topics["clicks"],
+        GLINTSTREAM_TOPIC_RECOMMENDATIONS=topics["recommendations"],
+        GLINTSTREAM_TOPIC_DLQ=topics["dlq"],
+        GLINTSTREAM_TOPIC_STATE_CHANGELOG=topics["changelog"],
+        GLINTSTREAM_TOPIC_MODEL_UPDATES=topics["model_updates"],
+        GLINTSTREAM_WORKER_APP_ID=name("worker"),
+        GLINTSTREAM_STATE_DIR=root / "state",
+        GLINTSTREAM_REGISTRY_DIR=root / "registry",
+        GLINTSTREAM_CHECKPOINT_DIR=root / "checkpoint",
+        GLINTSTREAM_METRICS_PORT=0,
+        GLINTSTREAM_WORKER_SESSION_TIMEOUT_S=6,  # Tansu holds a JoinGroup for half of it
+        GLINTSTREAM_DEVICE="cpu",
+    )
+    return worker_env(**{**defaults, **settings}), topics
