@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,24 @@ def load_checkpoint(
     weights = directory / manifest.get("weights_file", WEIGHTS)
     model.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
     return model.to(device).eval(), manifest
+
+
+@dataclass(frozen=True)
+class VocabularyChange:
+    added: int  # items the new vocabulary has and the old one had not
+    removed: int  # items the old one had and the new one has not
+    moved: int  # items in both, at another index
+
+    def __str__(self) -> str:
+        return f"+{self.added:,} added, -{self.removed:,} removed, {self.moved:,} at another index"
+
+
+def vocabulary_change(old: list[str], new: list[str]) -> VocabularyChange:
+    old_index = {item: i for i, item in enumerate(old) if i > 0}
+    new_index = {item: i for i, item in enumerate(new) if i > 0}
+    moved = sum(1 for item, i in new_index.items() if item in old_index and old_index[item] != i)
+    return VocabularyChange(
+        added=len(new_index.keys() - old_index.keys()),
+        removed=len(old_index.keys() - new_index.keys()),
+        moved=moved,
+    )

@@ -77,6 +77,12 @@ GAPS = Counter(
 MODEL_SWAPS = Counter(
     "glintstream_model_swaps_total", "Model versions hot-swapped in.", registry=_B
 )
+RING_ITEMS_DROPPED = Counter(
+    "glintstream_ring_items_dropped_total",
+    "Items of users' stored histories the served model does not know (a swap to a model "
+    "without them): left out of the history the model reads.",
+    registry=_B,
+)
 MODEL_LOAD_FAILURES = Counter(
     "glintstream_model_load_failures_total",
     "New current registry versions the worker could not load (it keeps serving the old one).",

@@ -285,7 +285,7 @@ class BatchPipeline:
         with_vec = scorer.mode is ScoringMode.STEP  # recompute keeps no state vector
         records = {
             (partition, user): UserRecord.from_state(
-                state, slot, scorer.version, partition, last_offset[slot], with_vec
+                state, slot, scorer.vocab, scorer.version, partition, last_offset[slot], with_vec
             )
             for (partition, user), slot in slots.items()
         }

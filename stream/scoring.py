@@ -9,7 +9,8 @@ served by its full forward over the user's ring per click: the benchmark's basel
 
 A stored state is used as it is only when it was computed by this model version; otherwise
 (a model change, or a record without its vector) the user is rebuilt from the ring: exactly,
-for a model whose state is a function of the ring.
+for a model whose state is a function of the ring. Rings hold external item ids, mapped to this
+model's indices here; items this model does not know leave the ring (and are counted).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from model.recommender import StreamState
+from stream import metrics
 from stream.messages import ScoringMode
 from stream.model_source import LoadedModel
 from stream.state import UserRecord
@@ -61,10 +63,21 @@ class Scorer:
 
     # ------------------------------------------------------------------ stored states in
     def _ring(self, record: UserRecord) -> np.ndarray:
-        """The stored ring fitted to this model's window (most recent last)."""
-        ring = record.ring[-self.max_len :]
-        if len(ring) < self.max_len:
-            ring = np.concatenate([np.zeros(self.max_len - len(ring), np.int32), ring])
+        """The stored ring as this model's item indices, fitted to its window (most recent
+        last, 0 = empty). Items it does not know leave the ring."""
+        if record.legacy_ring is not None:  # indices, meaningful in their own version only
+            same = record.model_version == self.version
+            indices = record.legacy_ring.tolist() if same else []
+            dropped = 0 if same else len(record.legacy_ring)
+        else:
+            known = [self._index.get(item) for item in record.ring[-self.max_len :]]
+            indices = [i for i in known if i is not None]
+            dropped = len(known) - len(indices)
+        if dropped:
+            metrics.RING_ITEMS_DROPPED.inc(dropped)
+        indices = indices[-self.max_len :]
+        ring = np.zeros(self.max_len, np.int64)
+        ring[self.max_len - len(indices) :] = indices
         return ring
 
     def _usable(self, record: UserRecord) -> bool:
@@ -72,7 +85,6 @@ class Scorer:
             record.model_version == self.version
             and record.vec is not None
             and len(record.vec) == self.model.state_dim
-            and len(record.ring) == self.max_len
         )
 
     def initial_states(self, records: list[UserRecord | None]) -> StreamState:
@@ -88,7 +100,7 @@ class Scorer:
             # one host->device copy per field, not one per user
             index = torch.tensor([i for i, _ in usable], device=self.device)
             state.n[index] = torch.tensor([r.n for _, r in usable], device=self.device)
-            rings = np.stack([self._ring(r) for _, r in usable]).astype(np.int64)
+            rings = np.stack([self._ring(r) for _, r in usable])
             state.ring[index] = torch.from_numpy(rings).to(self.device)
             if self.mode is ScoringMode.STEP:
                 vecs = np.stack([r.vec for _, r in usable if r.vec is not None])
@@ -102,7 +114,7 @@ class Scorer:
         record). Exact for a model whose state is a function of the ring; the streaming
         GLINT-RU forgets clicks before the ring."""
         records = [r for _, r in stored]
-        rings = torch.from_numpy(np.stack([self._ring(r) for r in records]).astype(np.int64))
+        rings = torch.from_numpy(np.stack([self._ring(r) for r in records]))
         rings = rings.to(self.device)
         n_true = torch.tensor([r.n for r in records], device=self.device)
         n_replay = torch.minimum(n_true.clamp(0, self.max_len), (rings > 0).sum(1))

@@ -9,18 +9,22 @@ database already holds to the end, so a restart reads (almost) nothing and a par
 another worker brings its state; a database whose changelog is gone (an in-memory broker was
 restarted) is discarded and rebuilt from the topic.
 
-A record is a fixed header followed by the model state of one user::
+A record is a fixed header followed by the history and the model state of one user::
 
     magic "GS" | format u8 | flags u8 | model_version i32 | partition i32 | offset i64 |
-    n i64 | ring_len u32 | vec_len u32 | ring (ring_len x int32) | vec (vec_len x float32)
+    n i64 | ring_bytes u32 | vec_len u32 | ring (NUL-separated UTF-8 item ids) |
+    vec (vec_len x float32)
 
 ``offset`` is the last click applied to this user, ``n`` the clicks applied, ``ring`` the last
-item indices (most recent last, 0 = empty slot) and ``vec`` the recurrent state of the model
-``model_version``. ``vec_len == 0`` means "no vector": the changelog ships records without it
-when the model's state is a function of the ring, and the scorer rebuilds it from the ring, as
-after a model change. Each database also holds two bookkeeping keys, written with the records:
-the last applied `clicks` offset and the last changelog offset it contains. User ids are
-printable (``stream.clicks``), so keys starting with NUL never collide with them.
+items (external ids, most recent last: a model swap can never misread them, whatever order the
+new model's vocabulary has) and ``vec`` the recurrent state of the model ``model_version``.
+``vec_len == 0`` means "no vector": the changelog ships records without it when the model's
+state is a function of the ring, and the scorer rebuilds it from the ring, as after a model
+change. Records of format 1 (item indices instead of ids) are still read: their indices are
+``legacy_ring``, meaningful only in the vocabulary of their model version. Each database also
+holds two bookkeeping keys, written with the records: the last applied `clicks` offset and the
+last changelog offset it contains. User ids are printable (``stream.clicks``), so keys
+starting with NUL never collide with them.
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ from stream.topics import poll_batch
 log = logging.getLogger(__name__)
 
 MAGIC = b"GS"
-FORMAT = 1
+FORMAT = 2
+LEGACY_FORMAT = 1  # rings of item indices
+SEPARATOR = "\x00"  # between the ring's item ids (ids are printable: never in one)
 _HEADER = struct.Struct("<2sBBiiqqII")
 APPLIED_KEY = b"\x00applied"  # last `clicks` offset applied in this partition
 CHANGELOG_KEY = b"\x00changelog"  # last changelog offset folded into this database
@@ -63,11 +69,13 @@ class UserRecord:
     partition: int
     offset: int
     n: int
-    ring: np.ndarray  # int32 (ring_len,)
+    ring: list[str]  # the last items, external ids, most recent last
     vec: np.ndarray | None  # float32 (vec_len,); None = rebuild from the ring
+    legacy_ring: np.ndarray | None = None  # format 1: item indices of ``model_version``
 
     def encode(self, with_vec: bool = True) -> bytes:
         vec = self.vec if with_vec and self.vec is not None else None
+        ring = SEPARATOR.join(self.ring).encode()
         header = _HEADER.pack(
             MAGIC,
             FORMAT,
@@ -76,32 +84,42 @@ class UserRecord:
             self.partition,
             self.offset,
             self.n,
-            len(self.ring),
+            len(ring),
             0 if vec is None else len(vec),
         )
-        ring = np.ascontiguousarray(self.ring, dtype="<i4").tobytes()
         return header + ring + (b"" if vec is None else np.ascontiguousarray(vec, "<f4").tobytes())
 
     @staticmethod
     def from_state(
-        state: StreamState, slot: int, version: int, partition: int, offset: int, with_vec: bool
+        state: StreamState,
+        slot: int,
+        vocab: list[str],
+        version: int,
+        partition: int,
+        offset: int,
+        with_vec: bool,
     ) -> UserRecord:
-        """User ``slot`` of a batched state on the CPU (``vec`` left out unless ``with_vec``)."""
-        ring = state.ring[slot].numpy().astype(np.int32)
+        """User ``slot`` of a batched state on the CPU; its ring as item ids of ``vocab``."""
+        ring = [vocab[i] for i in state.ring[slot].tolist() if i > 0]
         vec = state.vec[slot].numpy() if with_vec else None
         return UserRecord(version, partition, offset, int(state.n[slot]), ring, vec)
 
     @staticmethod
     def decode(raw: bytes) -> UserRecord:
         magic, fmt, _, version, partition, offset, n, ring_len, vec_len = _HEADER.unpack_from(raw)
-        if magic != MAGIC or fmt != FORMAT:
+        if magic != MAGIC or fmt not in (LEGACY_FORMAT, FORMAT):
             raise ValueError(f"not a user record (magic {magic!r}, format {fmt})")
-        expected = _HEADER.size + 4 * (ring_len + vec_len)
+        ring_bytes = 4 * ring_len if fmt == LEGACY_FORMAT else ring_len
+        expected = _HEADER.size + ring_bytes + 4 * vec_len
         if len(raw) != expected:
             raise ValueError(f"user record has {len(raw)} bytes, expected {expected}")
-        ring = np.frombuffer(raw, "<i4", ring_len, _HEADER.size)
-        vec = np.frombuffer(raw, "<f4", vec_len, _HEADER.size + 4 * ring_len) if vec_len else None
-        return UserRecord(version, partition, offset, n, ring, vec)
+        end = _HEADER.size + ring_bytes
+        vec = np.frombuffer(raw, "<f4", vec_len, end) if vec_len else None
+        if fmt == LEGACY_FORMAT:
+            indices = np.frombuffer(raw, "<i4", ring_len, _HEADER.size)
+            return UserRecord(version, partition, offset, n, [], vec, indices[indices > 0])
+        blob = raw[_HEADER.size : end].decode()
+        return UserRecord(version, partition, offset, n, blob.split(SEPARATOR) if blob else [], vec)
 
 
 def rocksdb_options(options: RocksDBSettings, cache: rocksdict.Cache) -> rocksdict.Options:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from model.glintru import GlintRU, GlintRUConfig, build_glintru
 from model.recommender import SequentialRecommender, StreamState
+from stream import metrics
 from stream.messages import ScoringMode
 from stream.model_source import LoadedModel, Served
 from stream.scoring import Scorer
@@ -59,7 +61,7 @@ def record(
     mode: ScoringMode = ScoringMode.STEP,
 ) -> UserRecord:
     """User ``user``'s state as stored (through the byte codec, as RocksDB has it)."""
-    full = UserRecord.from_state(states, user, version, 0, 0, mode is ScoringMode.STEP)
+    full = UserRecord.from_state(states, user, VOCAB, version, 0, 0, mode is ScoringMode.STEP)
     return UserRecord.decode(full.encode(with_vec=with_vec))
 
 
@@ -217,3 +219,49 @@ def test_streaming_chunks_equal_offline_whole_history(batches: int) -> None:
             scores[torch.tensor(seen[-MAX_LEN:])] = float("-inf")
             assert top.items == scores.topk(K).indices.tolist() == by_round.items
             np.testing.assert_allclose(top.scores, scores.topk(K).values, atol=1e-5)
+
+
+def reordered(model: GlintRU, order: list[int]) -> tuple[GlintRU, list[str]]:
+    """The same model with its items at other indices: ``order[j]`` is the old index of new
+    index j (the embedding rows move with their items)."""
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.item_embedding.weight.copy_(model.item_embedding.weight[torch.tensor(order)])
+    return twin, [VOCAB[i] for i in order]
+
+
+@pytest.mark.parametrize("n_before", [3, MAX_LEN + 4])
+def test_a_swap_to_a_reordered_vocabulary_misreads_no_history(n_before: int) -> None:
+    """After a swap to a model whose vocabulary lists the items in another order (a retrain),
+    every user's next recommendation is the new model's own for the user's item-id history."""
+    rng = np.random.default_rng(7)
+    old_scorer = make_scorer(make_model(8), 1)
+    histories = [rng.integers(1, NUM_ITEMS + 1, size=n_before).tolist() for _ in range(4)]
+    states, _ = old_scorer.run([None] * 4, [(u, i) for u, h in enumerate(histories) for i in h])
+    records = [record(1, states, u) for u in range(4)]
+    assert records[0].ring[-1] == VOCAB[histories[0][-1]]  # stored as ids
+
+    order = [0, *rng.permutation(np.arange(1, NUM_ITEMS + 1)).tolist()]
+    new_model, new_vocab = reordered(make_model(9), order)
+    new_scorer = make_scorer(new_model, 2, vocab=new_vocab)
+    position = {item: j for j, item in enumerate(new_vocab)}
+    nxt = [int(rng.integers(1, NUM_ITEMS + 1)) for _ in histories]  # indices of VOCAB
+    _, tops = new_scorer.run(records, [(u, position[VOCAB[i]]) for u, i in enumerate(nxt)])
+    for u, top in enumerate(tops):
+        ids = [VOCAB[i] for i in [*histories[u], nxt[u]]]
+        items, scores = offline_top_k(new_model, [position[i] for i in ids], True)
+        assert [new_vocab[i] for i in top.items] == [new_vocab[i] for i in items]
+        np.testing.assert_allclose(top.scores, scores, atol=1e-5)
+
+
+def test_items_the_new_model_lacks_leave_the_history() -> None:
+    old = make_scorer(make_model(8), 1)
+    states, _ = old.run([None], [(0, 1), (0, 2), (0, 3)])
+    smaller = VOCAB[:3]  # i1 and i2 only
+    torch.manual_seed(0)
+    model = build_glintru(GlintRUConfig(num_items=2, hidden_size=16, n_heads=2, max_len=MAX_LEN))
+    scorer = make_scorer(model.eval(), 2, vocab=smaller)
+    before = metrics.RING_ITEMS_DROPPED._value.get()
+    state = scorer.initial_states([record(1, states, 0)])
+    assert metrics.RING_ITEMS_DROPPED._value.get() - before == 1  # i3 is unknown now
+    assert state.ring[0, -2:].tolist() == [1, 2]

@@ -86,7 +86,7 @@ class Scenario:
     log_dir: Path
     data_chunks: list[list[tuple[float, str, int]]]  # per phase: (ts, user, item index)
     vocab: list[str]
-    models: dict[int, GlintRU]
+    models: dict[int, tuple[GlintRU, list[str]]]  # version -> (model, its vocabulary)
     ledger: Ledger
     producer: ClickProducer
     recs: TopicReader
@@ -141,9 +141,12 @@ class Scenario:
             user, t = self.ledger.clicks[(out["click"]["partition"], out["click"]["offset"])]
             if expected_version is not None:
                 assert out["model_version"] == expected_version
-            model = self.models[out["model_version"]]
-            items, scores = offline_top_k(model, self.ledger.histories[user][: t + 1], K)
-            assert out["items"] == [self.vocab[i] for i in items], (user, t)
+            model, vocab = self.models[out["model_version"]]
+            # the history as item ids, then as the indices of this version's vocabulary
+            position = {item: j for j, item in enumerate(vocab)}
+            ids = [self.vocab[i] for i in self.ledger.histories[user][: t + 1]]
+            items, scores = offline_top_k(model, [position[i] for i in ids], K)
+            assert out["items"] == [vocab[i] for i in items], (user, t)
             np.testing.assert_allclose(out["scores"], scores, atol=SCORE_TOL)
         self.checked = len(self.recs.messages)
 
@@ -195,7 +198,7 @@ def scenario(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory) -
         log_dir=root,
         data_chunks=chunks,
         vocab=data.vocab,
-        models={0: model0},  # type: ignore[dict-item]
+        models={0: (model0, data.vocab)},  # type: ignore[dict-item]
         ledger=ledger,
         producer=ClickProducer(bootstrap_servers, topics["clicks"], data.vocab, ledger),
         recs=TopicReader(bootstrap_servers, topics["recommendations"]),
@@ -321,12 +324,18 @@ def serve_a_first_phase(scenario: Scenario) -> None:
     scenario.check_outputs(expected_version=0)
 
 
-def test_5_new_model_version_is_hot_swapped(scenario: Scenario, tmp_path: Path) -> None:
+def test_5_a_retrained_model_with_its_items_in_another_order_is_hot_swapped(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """The new version lists the items in another order (as a retrain on other data would):
+    the stored histories are item ids, so every user's next recommendation is the new model's
+    own for the user's history."""
     serve_a_first_phase(scenario)
-    make_checkpoint(tmp_path / "v1", scenario.vocab, seed=1)
+    reordered = [scenario.vocab[0], *reversed(scenario.vocab[1:])]
+    make_checkpoint(tmp_path / "v1", reordered, seed=1)
     info = Registry(scenario.registry_dir).publish(tmp_path / "v1")
     model1, _ = load_checkpoint(info.path)
-    scenario.models[info.version] = model1  # type: ignore[assignment]
+    scenario.models[info.version] = (model1, reordered)  # type: ignore[assignment]
     scenario.a.wait_for(f"serving model version {info.version}", 10)
     scenario.produce_phase(4)
     scenario.wait_outputs()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from stream.cli import clients, models, run
+from stream.cli import clients, models, registry, run
 from stream.cli.context import parse_sets
 from stream.settings import load_settings
 
@@ -69,7 +69,7 @@ for command in (
     clients.tail,
     models.train,
     models.evaluate,
-    models.model,
+    registry.model,
 ):
     main.add_command(command)
 for entry in entry_points(group=ENTRY_POINT_GROUP):

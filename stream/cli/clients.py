@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from stream.cli.context import pass_settings
+from stream.cli.context import click_source_options, load_source, pass_settings
 from stream.produce import PRODUCE_LINGER_MS
 from stream.settings import Settings
 
+if TYPE_CHECKING:
+    from stream.click_sources import ClickSource
+
 
 @click.command()
-@click.option("--dataset", default="ml-1m", show_default=True, help="Or synthetic, ml-100k, ...")
+@click_source_options(default_dataset="ml-1m")
 @click.option("--rate", type=float, default=0.0, show_default=True, help="Clicks/s; 0 = max.")
 @click.option("--users", type=int, help="Only the first N users.")
 @click.option("--user-ids", help="Only these users (comma-separated external ids).")
@@ -30,7 +34,7 @@ from stream.settings import Settings
 @pass_settings
 def produce(
     settings: Settings,
-    dataset: str,
+    source: ClickSource,
     rate: float,
     users: int | None,
     user_ids: str | None,
@@ -40,8 +44,7 @@ def produce(
     linger_ms: int,
     no_progress: bool,
 ) -> None:
-    """Replay a dataset's clicks to the clicks topic in time order, keyed by user id."""
-    from model.data import DatasetNotFoundError, load_dataset
+    """Replay clicks (a dataset, your file) to the clicks topic in time order, keyed by user."""
     from stream.produce import click_order, iter_clicks, produce_clicks
     from stream.topics import BrokerUnreachable, ensure_reachable
 
@@ -49,10 +52,13 @@ def produce(
         raise click.UsageError("--users and --user-ids exclude each other")
     try:
         ensure_reachable(settings)
-        data = load_dataset(dataset, settings.paths.data_dir)
+    except BrokerUnreachable as e:
+        raise click.ClickException(str(e)) from None
+    data = load_source(source, settings)
+    try:
         ids = [u.strip() for u in user_ids.split(",") if u.strip()] if user_ids else None
         order = click_order(data, users=users, user_ids=ids, skip_last=skip_last, limit=limit)
-    except (BrokerUnreachable, DatasetNotFoundError, ValueError) as e:
+    except ValueError as e:
         raise click.ClickException(str(e)) from None
     report = produce_clicks(
         settings,

@@ -1,20 +1,24 @@
-"""The offline model commands: `train`, `evaluate` and the registry (`model publish|list|rollback`)."""
+"""The offline model commands: `train` and `evaluate`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from model.catalog import MODELS
-from stream.cli.context import pass_settings
+from stream.cli.context import click_source_options, load_source, pass_settings
+from stream.cli.registry import publish_version
 from stream.settings import Settings
+
+if TYPE_CHECKING:  # imported by the commands themselves: --help stays fast
+    from stream.click_sources import ClickSource
 
 
 @click.command()
-@click.option("--dataset", default="ml-1m", show_default=True)
+@click_source_options(default_dataset="ml-1m")
 @click.option("--model", "model_name", type=click.Choice(list(MODELS)), default="glintru")
 @click.option("--out", type=click.Path(path_type=Path), help="Checkpoint dir [runs/DATASET-MODEL].")
 @click.option("--epochs", type=int, default=200, show_default=True)
@@ -43,10 +47,11 @@ from stream.settings import Settings
 @click.option(
     "--init-from", type=click.Path(path_type=Path, exists=True), help="Continue from a checkpoint."
 )
+@click.option("--publish", is_flag=True, help="Publish the checkpoint to the registry after.")
 @pass_settings
 def train(
     settings: Settings,
-    dataset: str,
+    source: ClickSource,
     model_name: str,
     out: Path | None,
     epochs: int,
@@ -63,16 +68,18 @@ def train(
     threads: int,
     no_progress: bool,
     init_from: Path | None,
+    publish: bool,
 ) -> None:
     """Train a model with leave-one-out by time; saves the best-valid checkpoint."""
     from model.train import TrainConfig
     from model.train import train as run
 
+    data = load_source(source, settings)
     config = TrainConfig(
-        dataset=dataset,
+        dataset=data.name,
         model=model_name,
         data_dir=settings.paths.data_dir,
-        out_dir=out or Path("runs") / f"{dataset}-{model_name}",
+        out_dir=out or Path("runs") / f"{Path(data.name).stem}-{model_name}",
         max_len=max_len,
         hidden_size=hidden_size,
         dropout=dropout,
@@ -89,7 +96,9 @@ def train(
         progress=not no_progress,
         init_from=init_from,
     )
-    metrics = run(config)
+    metrics = run(config, data)
+    if publish:
+        publish_version(settings, config.out_dir, note=f"trained on {data.name}")
     click.echo(
         json.dumps(
             {
@@ -104,24 +113,35 @@ def train(
 
 @click.command()
 @click.option("--checkpoint", type=click.Path(path_type=Path, exists=True), required=True)
-@click.option("--dataset", required=True)
+@click_source_options(default_dataset=None)
 @click.option("--split", type=click.Choice(["test", "valid"]), default="test", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.option("--seed", type=int, default=666, show_default=True, help="pop100 sampling seed.")
 @pass_settings
 def evaluate(
-    settings: Settings, checkpoint: Path, dataset: str, split: str, as_json: bool, seed: int
+    settings: Settings, checkpoint: Path, source: ClickSource, split: str, as_json: bool, seed: int
 ) -> None:
-    """Full ranking (seen items masked and not) and pop100 of a checkpoint on a dataset."""
+    """Full ranking (seen items masked and not) and pop100 of a checkpoint on some clicks."""
+    from model.checkpoint import CheckpointError, read_manifest
     from model.train import evaluate_checkpoint
 
+    data = load_source(source, settings)
+    try:
+        trained_on = read_manifest(checkpoint).get("dataset")
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from None
+    if trained_on != data.name:
+        click.echo(
+            f"warning: {checkpoint} was trained on {trained_on}, evaluated on {data.name}", err=True
+        )
     result = evaluate_checkpoint(
         checkpoint,
-        dataset,
-        settings.paths.data_dir,
+        data.name,
+        None,
         split=split,
         seed=seed,
         device=settings.torch_device(),
+        data=data,
     )
     if as_json:
         click.echo(json.dumps(result))
@@ -130,74 +150,3 @@ def evaluate(
         figures = "  ".join(f"{k} {v:.4f}" for k, v in result[protocol].items())
         click.echo(f"{protocol:12s} {figures}")
     click.echo(f"users {result['users']}")
-
-
-def _gate_text(gate: dict[str, Any] | None) -> str:
-    if not gate:
-        return "-"
-    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in gate.items())
-
-
-@click.group()
-def model() -> None:
-    """The model registry (GLINTSTREAM_REGISTRY_DIR): versions the workers serve."""
-
-
-@model.command()
-@click.argument("checkpoint_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--note", default="", help="Free text stored with the version.")
-@click.option("--parent", type=int, help="The version this checkpoint was derived from.")
-@click.option("--keep", type=int, help="Versions to retain [finetune_keep_versions].")
-@pass_settings
-def publish(
-    settings: Settings, checkpoint_dir: Path, note: str, parent: int | None, keep: int | None
-) -> None:
-    """Validate CHECKPOINT_DIR, add it as the next version and make it current."""
-    from model.checkpoint import CheckpointError
-    from model.registry import Registry, RegistryError
-
-    try:
-        keep = settings.finetune.keep_versions if keep is None else keep
-        info = Registry(settings.paths.registry_dir, keep=keep).publish(
-            checkpoint_dir, parent=parent, note=note
-        )
-    except (CheckpointError, RegistryError) as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(f"published v{info.version} ({info.path}); it is current now")
-
-
-@model.command(name="list")
-@pass_settings
-def list_versions(settings: Settings) -> None:
-    """Versions, oldest first; * marks the current one."""
-    from model.registry import Registry
-
-    registry = Registry(settings.paths.registry_dir)
-    versions, current = registry.list(), registry.current_version()
-    if not versions:
-        click.echo(f"no versions in {settings.paths.registry_dir}")
-        return
-    click.echo(f"  {'version':>7}  {'created':<25}  {'parent':>6}  gate / note")
-    for v in versions:
-        mark = "*" if v.version == current else " "
-        parent = "-" if v.parent is None else str(v.parent)
-        note = f"  # {v.note}" if v.note else ""
-        click.echo(
-            f"{mark} {v.version:>7}  {v.created:<25}  {parent:>6}  {_gate_text(v.gate)}{note}"
-        )
-
-
-@model.command()
-@click.argument("version", type=int)
-@pass_settings
-def rollback(settings: Settings, version: int) -> None:
-    """Make VERSION current again (workers switch between batches)."""
-    from model.registry import Registry, RegistryError
-
-    registry = Registry(settings.paths.registry_dir)
-    previous = registry.current_version()
-    try:
-        registry.rollback(version)
-    except RegistryError as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(f"current: v{version} (was v{previous})")
