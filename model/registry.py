@@ -2,7 +2,9 @@
 
 Layout under ``root``::
 
-    CURRENT                     "7\\n": the served version (workers poll this tiny file)
+    CURRENT                     "7\\n": the served version
+    PINNED                      "7\\n" while an operator holds CURRENT (the fine-tune job then
+                                publishes nothing); absent otherwise
     history.jsonl               one line per publish / rollback / prune, for the audit trail
     .lock                       flock'ed while picking a version number or moving CURRENT
     versions/v000007/           model.safetensors + manifest.json (a checkpoint) + registry.json
@@ -31,14 +33,20 @@ from typing import Any
 from model.checkpoint import MANIFEST, WEIGHTS, verify_checkpoint
 
 CURRENT = "CURRENT"
+PINNED = "PINNED"
 HISTORY = "history.jsonl"
 INFO = "registry.json"
+VERSIONS = "versions"
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
 _TMP_DIR = re.compile(r"^\.(?:tmp|trash)-(\d+)-[0-9a-f]+$")
 
 
 class RegistryError(RuntimeError):
     """A missing version, a bad checkpoint, or an inconsistent registry."""
+
+
+class RegistryPinned(RegistryError):
+    """An operator pinned a version: nothing else is promoted until ``unpin``."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,11 @@ class VersionInfo:
     gate: dict[str, Any] | None  # figures the gate decided on (e.g. HR@10 old vs new)
     note: str = ""
     source: str = ""  # where the checkpoint was published from
+
+
+def version_dirname(version: int) -> str:
+    """The directory of ``version`` under ``versions/``, here and in a store's mirror."""
+    return f"v{version:06d}"
 
 
 def _now() -> str:
@@ -82,12 +95,12 @@ class Registry:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.root = Path(root)
         self.keep = keep
-        self.versions_dir = self.root / "versions"
+        self.versions_dir = self.root / VERSIONS
 
     # --- reading (no lock: every file read here is replaced atomically) ---
 
     def version_dir(self, version: int) -> Path:
-        return self.versions_dir / f"v{version:06d}"
+        return self.versions_dir / version_dirname(version)
 
     def _versions(self) -> list[int]:
         if not self.versions_dir.is_dir():
@@ -122,19 +135,26 @@ class Registry:
         return out
 
     def current_version(self) -> int | None:
-        """The served version number: one small read, cheap enough to poll between batches."""
+        """The served version number: one small read."""
+        return self._read_version(CURRENT)
+
+    def current(self) -> VersionInfo | None:
+        version = self.current_version()
+        return None if version is None else self.get(version)
+
+    def pinned(self) -> int | None:
+        """The version an operator pinned, or None: while pinned, nothing else is promoted."""
+        return self._read_version(PINNED)
+
+    def _read_version(self, name: str) -> int | None:
         try:
-            text = (self.root / CURRENT).read_text(encoding="ascii")
+            text = (self.root / name).read_text(encoding="ascii")
         except FileNotFoundError:
             return None
         try:
             return int(text.strip())
         except ValueError:
-            raise RegistryError(f"{self.root / CURRENT} holds {text!r}, not a version") from None
-
-    def current(self) -> VersionInfo | None:
-        version = self.current_version()
-        return None if version is None else self.get(version)
+            raise RegistryError(f"{self.root / name} holds {text!r}, not a version") from None
 
     # --- writing ---
 
@@ -156,12 +176,15 @@ class Registry:
             os.fsync(f.fileno())
 
     def _set_current(self, version: int) -> None:
-        tmp = self.root / f".{CURRENT}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._write_version(CURRENT, version)
+
+    def _write_version(self, name: str, version: int) -> None:
+        tmp = self.root / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         with open(tmp, "w", encoding="ascii") as f:
             f.write(f"{version}\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self.root / CURRENT)
+        os.replace(tmp, self.root / name)
         _fsync_path(self.root)
 
     def publish(
@@ -170,8 +193,11 @@ class Registry:
         parent: int | None = None,
         gate: dict[str, Any] | None = None,
         note: str = "",
+        unless_pinned: bool = False,
     ) -> VersionInfo:
-        """Copy a checkpoint in as the next version and make it current."""
+        """Copy a checkpoint in as the next version and make it current. An operator's publish
+        lifts a pin (it names what to serve); with ``unless_pinned`` (the fine-tune job) a pinned
+        registry refuses it with ``RegistryPinned``, checked under the lock."""
         src = Path(checkpoint_dir).resolve()
         verify_checkpoint(src)  # fail before copying anything
         self.versions_dir.mkdir(parents=True, exist_ok=True)
@@ -185,6 +211,8 @@ class Registry:
                     os.fsync(f.fileno())
             verify_checkpoint(tmp)  # the copy itself, not just the source
             with self._locked():
+                if unless_pinned and (pinned := self.pinned()) is not None:
+                    raise RegistryPinned(f"version {pinned} is pinned in {self.root}")
                 version = max(self._versions(), default=0) + 1
                 info = {
                     "version": version,
@@ -203,6 +231,7 @@ class Registry:
                 os.rename(tmp, self.version_dir(version))
                 _fsync_path(self.versions_dir)
                 self._set_current(version)
+                (self.root / PINNED).unlink(missing_ok=True)
                 self._record({"event": "publish", "version": version, "parent": parent})
                 self._prune()
         except BaseException:
@@ -211,13 +240,28 @@ class Registry:
         return self.get(version)
 
     def rollback(self, version: int) -> VersionInfo:
-        """Point CURRENT at an existing version (normally an older one); recorded in history."""
+        """Point CURRENT at an existing version (normally an older one) and pin it there, so
+        no fine-tune run promotes another until ``unpin``; recorded in history."""
         with self._locked():
             info = self.get(version)
             previous = self.current_version()
             self._set_current(version)
+            self._write_version(PINNED, version)
             self._record({"event": "rollback", "version": version, "from": previous})
         return info
+
+    def pin(self, version: int) -> VersionInfo:
+        """Serve ``version`` and hold it: publishing a candidate is refused until ``unpin``."""
+        return self.rollback(version)
+
+    def unpin(self) -> int | None:
+        """Let new versions be promoted again; the version that was pinned (or None)."""
+        with self._locked():
+            pinned = self.pinned()
+            (self.root / PINNED).unlink(missing_ok=True)
+            _fsync_path(self.root)
+            self._record({"event": "unpin", "version": pinned})
+        return pinned
 
     def _prune(self) -> None:
         """Keep the newest `keep` versions and the current one; clear torn temp dirs. Locked."""

@@ -45,6 +45,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from stream import metrics
+from stream.announcements import Announcements
 from stream.model_source import ModelSource
 from stream.pipeline import BatchPipeline, RawClick
 from stream.publisher import Publisher
@@ -116,7 +117,7 @@ class BatchProcess:
         return resume
 
     async def refresh_model(self) -> int:
-        """Swap in the registry's new current version, if any; the version served now."""
+        """Swap in the announced version, if it changed; the version served now."""
         return await self._call(_child_refresh_model)
 
     async def update_store_metrics(self) -> None:
@@ -177,7 +178,8 @@ def build_pipeline(settings: Settings) -> BatchPipeline:
         StateStore(settings.paths.state_dir / settings.worker.id / "users", settings.rocksdb),
         Publisher(settings),
         ChangelogReader.from_settings(settings),
-        ModelSource(settings.paths.registry_dir, settings.paths.checkpoint_dir),
+        ModelSource.from_settings(settings, settings.worker.id),
+        Announcements(settings),
     )
 
 

@@ -5,23 +5,18 @@ of truth: what the workers served is what a model is trained on)."""
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from model.click_log import ClickColumns, load_click_log, sequences_from_clicks
 from model.data import SequenceData, load_dataset
 from stream.clicks import Click, parse_click
 from stream.settings import Settings
-from stream.topics import poll_batch
+from stream.topics import TopicMissing, read_to_end
 
 log = logging.getLogger(__name__)
-
-READ_CHUNK = 5000
-POLL_S = 0.5
 
 
 class ClickSourceError(ValueError):
@@ -58,37 +53,17 @@ class ClickSource:
 
 def read_topic(settings: Settings, topic: str, timeout_s: float = 600.0) -> SequenceData:
     """Every valid click of ``topic``, from the beginning to the end of each partition."""
-    consumer = Consumer(
-        settings.kafka.confluent_consumer_config(
-            f"{settings.worker.app_id}-read-clicks",  # assigned, never committed
-            **{"enable.auto.commit": False, "enable.partition.eof": True},
-        )
-    )
     rows: list[Click] = []
     rejected = 0
     try:
-        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if metadata is None or metadata.error is not None or not metadata.partitions:
-            raise ClickSourceError(
-                f"topic {topic} does not exist at {settings.kafka.bootstrap_servers}"
-            )
-        open_partitions = set(metadata.partitions)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in open_partitions])
-        deadline = time.monotonic() + timeout_s
-        while open_partitions and time.monotonic() < deadline:
-            for msg in poll_batch(consumer, READ_CHUNK, POLL_S):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        open_partitions.discard(msg.partition())
-                    continue
-                parsed = parse_click(msg.value(), msg.key(), settings.worker.max_click_bytes)
-                if isinstance(parsed, Click):
-                    rows.append(parsed)
-                else:
-                    rejected += 1
-    finally:
-        consumer.close()
+        for msg in read_to_end(settings, topic, timeout_s):
+            parsed = parse_click(msg.value(), msg.key(), settings.worker.max_click_bytes)
+            if isinstance(parsed, Click):
+                rows.append(parsed)
+            else:
+                rejected += 1
+    except TopicMissing as e:
+        raise ClickSourceError(str(e)) from None
     if not rows:
         raise ClickSourceError(f"topic {topic} holds no valid clicks")
     log.info(

@@ -4,14 +4,16 @@ The job has its own consumer group on `clicks` and its own store of recent per-u
 (``stream.finetune_store``). Every ``every_clicks`` new clicks, or ``every_s`` seconds after the
 last run if any click came in, it runs once (``FinetuneJob.run_once``):
 
-1. load the current model: the registry's CURRENT version, else the fallback checkpoint;
+1. load the current model: the model store's current version, else the fallback checkpoint;
 2. grow its vocabulary with the new items of the stream (``model.finetune.grow_vocabulary``);
 3. hold out the most recent users' last clicks, fine-tune a copy for a bounded number of steps;
 4. gate: publish only if the new model's holdout NDCG@10 is not worse than the current one's;
-5. publish to the registry (the gate figures go into the version's entry) and announce the
-   version on `model-updates`. Workers poll the registry's CURRENT and swap between batches.
+5. publish it (``stream.releases``: the registry, with the gate figures in the version's entry,
+   then the model store, then `model-updates`); workers swap between batches. While an operator
+   pins a version (`glintstream model pin`, `rollback`), a candidate that passes is held instead.
 
-Every run, published, rejected or skipped, is logged with its figures and counted in metrics.
+Every run, published, held, rejected or skipped, is logged with its figures and counted in
+metrics.
 The fine-tune runs on the consumer thread: librdkafka keeps the group session alive from its own
 thread, and a run is bounded by its step count, well under the consumer's max poll interval.
 """
@@ -26,11 +28,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import torch
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError
 
 from model.checkpoint import save_checkpoint
 from model.finetune import (
@@ -46,12 +47,13 @@ from model.finetune import (
     weights_finite,
 )
 from model.glintru import GlintRU
-from model.registry import Registry
+from model.registry import RegistryPinned
 from stream import endpoints, metrics
 from stream.clicks import Click, parse_click
 from stream.finetune_store import RecentClicks, StoredClick
-from stream.messages import ModelUpdate, RunOutcome
+from stream.messages import RunOutcome
 from stream.model_source import ModelSource
+from stream.releases import Releases
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
@@ -59,7 +61,6 @@ log = logging.getLogger(__name__)
 
 CONSUME_BATCH = 500  # messages per consume() call
 POLL_S = 0.5  # consume() timeout: how often the stop flag and the schedule are checked
-ANNOUNCE_TIMEOUT_S = 30.0  # wait for the broker to ack a `model-updates` announcement
 HR, NDCG = f"HR@{K}", GATE_METRIC
 
 # The job's metrics live in stream.metrics (FINETUNE_*), served from FINETUNE_REGISTRY.
@@ -79,8 +80,8 @@ class FinetuneJob:
         self.settings = settings
         self.options = options = settings.finetune
         self.root = settings.paths.state_dir / "finetune"
-        self.registry = Registry(settings.paths.registry_dir, keep=options.keep_versions)
-        self.models = ModelSource(settings.paths.registry_dir, settings.paths.checkpoint_dir)
+        self.releases = Releases(settings, keep=options.keep_versions)
+        self.models = ModelSource.from_settings(settings, "finetune")
         self.store = RecentClicks(
             self.root / "recent",
             options.user_clicks,
@@ -89,11 +90,8 @@ class FinetuneJob:
         )
         self.device = settings.torch_device()
         self.runs = 0
-        self._producer: Producer | None = None
 
     def close(self) -> None:
-        if self._producer is not None:
-            self._producer.flush(ANNOUNCE_TIMEOUT_S)
         self.store.close()
 
     # ------------------------------------------------------------------ one run
@@ -155,7 +153,11 @@ class FinetuneJob:
         )
         if not (finite and gate(new, current, opts.tolerance)):
             return RunResult(RunOutcome.REJECTED, parent, figures=figures)
-        version = self._publish(tuned, vocab, manifest, parent, figures)
+        try:
+            version = self._publish(tuned, vocab, manifest, parent, figures)
+        except RegistryPinned as e:
+            figures["held"] = str(e)
+            return RunResult(RunOutcome.HELD, parent, figures=figures)
         return RunResult(RunOutcome.PUBLISHED, parent, version, figures)
 
     def _publish(
@@ -166,7 +168,7 @@ class FinetuneJob:
         parent: int | None,
         figures: dict[str, Any],
     ) -> int:
-        """Stage a checkpoint, publish it (atomic, it becomes CURRENT), announce it."""
+        """Stage a checkpoint and publish it, unless a version is pinned (``RegistryPinned``)."""
         self.root.mkdir(parents=True, exist_ok=True)
         staging = tempfile.mkdtemp(prefix="staging-", dir=self.root)
         try:
@@ -184,37 +186,12 @@ class FinetuneJob:
                 f"finetune run {self.runs}: {figures['train_users']} users, "
                 f"{figures['steps']} steps, +{figures['new_items']} items"
             )
-            info = self.registry.publish(staging, parent=parent, gate=figures, note=note)
+            info = self.releases.publish(
+                staging, parent=parent, gate=figures, note=note, unless_pinned=True
+            )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        self._announce(info.version, parent, figures, info.created, model.num_items)
         return info.version
-
-    def _announce(
-        self, version: int, parent: int | None, figures: dict[str, Any], created: str, items: int
-    ) -> None:
-        """Tell `model-updates` readers; the registry, not this message, is the truth, so a lost
-        announcement is logged and the version stays published (workers poll CURRENT)."""
-        if self._producer is None:
-            self._producer = Producer({**self.settings.kafka.confluent_config(), "acks": "all"})
-        message = ModelUpdate(
-            version=version,
-            parent=parent,
-            created=created,
-            num_items=items,
-            figures=figures,
-            announced=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        errors: list[KafkaError] = []
-        self._producer.produce(
-            self.settings.topics.model_updates,
-            message.to_bytes(),
-            str(version).encode(),
-            on_delivery=lambda err, _msg: errors.append(err) if err else None,
-        )
-        left = self._producer.flush(ANNOUNCE_TIMEOUT_S)
-        if errors or left:
-            log.error("announcing version %d failed: %s", version, errors or f"{left} unacked")
 
     def _report(self, result: RunResult) -> None:
         metrics.record_finetune_run(result.outcome)
@@ -256,7 +233,7 @@ class FinetuneJob:
     def consume(self, should_stop: Callable[[], bool]) -> None:
         """Consume clicks and run on schedule until ``should_stop()``."""
         s = self.settings
-        ensure_topics(s, [s.topics.clicks, s.topics.model_updates], s.topics.partitions)
+        ensure_topics(s, [s.topics.clicks], s.topics.partitions)
         consumer = Consumer(
             s.kafka.confluent_consumer_config(
                 self.options.group_id, **{"enable.auto.commit": False}

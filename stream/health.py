@@ -35,9 +35,15 @@ class WorkerHealth:
         with self._lock:
             self._heartbeat = time.monotonic()
 
-    def model_loaded(self, version: int) -> None:
+    def model_loaded(self, version: int) -> bool:
+        """Record the version served; True if it changed."""
         with self._lock:
-            self._model_version = version
+            changed, self._model_version = version != self._model_version, version
+        return changed
+
+    @property
+    def model_version(self) -> int | None:
+        return self._model_version
 
     def assigned(self, partitions: set[int]) -> None:
         """A rebalance handed these partitions over; none is restored yet."""

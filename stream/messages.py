@@ -59,6 +59,7 @@ class RunOutcome(StrEnum):
     """How a fine-tune run ended (label of ``glintstream_finetune_runs_total``)."""
 
     PUBLISHED = "published"  # passed the gate
+    HELD = "held"  # passed the gate, not promoted: an operator pinned a version
     REJECTED = "rejected"  # failed the gate
     SKIPPED = "skipped"  # too few holdout users
     FAILED = "failed"  # an error, logged
@@ -102,12 +103,35 @@ class DeadLetter(_Message):
     ts: float
 
 
-class ModelUpdate(_Message):
-    """Topic `model-updates`, key = version: a version the fine-tune job published."""
+class UpdateEvent(StrEnum):
+    PUBLISHED = "published"  # a new version (the fine-tune job's, or an operator's)
+    ROLLBACK = "rollback"  # an operator went back to an older version (and pinned it)
+    REPEAT = "repeat"  # the current version announced again (`glintstream model announce`)
 
+
+class ModelUpdate(_Message):
+    """Topic `model-updates`, key ``MODEL_UPDATE_KEY``: the version to serve from now on.
+
+    One key, so one partition holds them all in order: the last one is what workers serve."""
+
+    event: UpdateEvent = UpdateEvent.PUBLISHED
     version: int
-    parent: int | None
-    created: str  # ISO 8601, UTC
-    num_items: int
-    figures: dict[str, Any]
+    parent: int | None = None
+    created: str = ""  # ISO 8601, UTC: when the version was made
+    num_items: int = 0
+    figures: dict[str, Any] = {}
     announced: str  # ISO 8601, UTC
+
+
+MODEL_UPDATE_KEY = b"current"
+
+
+class WorkerStatus(_Message):
+    """Topic `<worker_app_id>-status`, key = worker id: what a live worker serves."""
+
+    worker_id: str
+    host: str
+    pid: int
+    model_version: int
+    partitions: list[int]
+    ts: float  # unix seconds: a worker repeats it every few seconds while alive

@@ -85,7 +85,7 @@ RING_ITEMS_DROPPED = Counter(
 )
 MODEL_LOAD_FAILURES = Counter(
     "glintstream_model_load_failures_total",
-    "New current registry versions the worker could not load (it keeps serving the old one).",
+    "Announced versions the worker could not fetch or load (it keeps serving the old one).",
     registry=_B,
 )
 MODEL_VERSION = Gauge(

@@ -1,8 +1,10 @@
-"""Where the served model comes from: the registry's current version, else a fallback checkpoint.
+"""Where the served model comes from: the model store's current version, else a fallback
+checkpoint.
 
 The worker, the fine-tune job and `glintstream tail` all ask here, so they agree on what is
-served. ``current`` and ``manifest`` only read small files; ``load`` builds the model; ``poll``
-notices a new current version and loads it, keeping what it has when that fails.
+served. ``current`` fetches the version (once: the store caches it); ``load`` builds the model;
+``poll`` loads the version the workers were told to serve (``stream.announcements``), keeping
+what it has when that fails.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 
 from model.checkpoint import MANIFEST, load_checkpoint
 from model.recommender import SequentialRecommender
-from model.registry import Registry
+from model.store import ModelStore
+from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +54,25 @@ class LoadedModel:
 
 
 class ModelSource:
-    def __init__(self, registry_dir: Path, checkpoint_dir: Path) -> None:
-        self.registry = Registry(registry_dir)
+    def __init__(self, store: ModelStore, checkpoint_dir: Path) -> None:
+        self.store = store
         self.checkpoint_dir = checkpoint_dir
         self._failed_version: int | None = None
 
+    @classmethod
+    def from_settings(cls, settings: Settings, user: str) -> ModelSource:
+        """``user`` names the cache directory (under the state directory) of this process."""
+        cache = settings.paths.state_dir / user / "models"
+        return cls(ModelStore(settings.paths.model_store_url, cache), settings.paths.checkpoint_dir)
+
     def current(self) -> Served:
-        info = self.registry.current()
-        if info is not None:
-            return Served(info.path, info.version)
+        version = self.store.current_version()
+        if version is not None:
+            return Served(self.store.fetch(version), version)
         if (self.checkpoint_dir / MANIFEST).is_file():
             return Served(self.checkpoint_dir, FALLBACK_VERSION)
         raise ModelNotFoundError(
-            f"no model to serve: the registry {self.registry.root} has no current version and "
+            f"no model to serve: the model store {self.store.url} has no current version and "
             f"{self.checkpoint_dir} holds no checkpoint ({MANIFEST}). Train one "
             "(glintstream train ...) or publish one (glintstream model publish DIR)."
         )
@@ -80,25 +89,29 @@ class ModelSource:
         model, manifest = load_checkpoint(served.path, device=device)
         return LoadedModel(model, manifest, served)
 
-    def poll(self, serving: int, device: str | torch.device = "cpu") -> LoadedModel | None:
-        """The registry's new current version, loaded; None when it is still ``serving``.
+    def poll(
+        self, serving: int, target: int | None = None, device: str | torch.device = "cpu"
+    ) -> LoadedModel | None:
+        """``target`` (else the store's current version) loaded, if it is not ``serving``.
 
-        A version that fails to load is logged once and skipped until CURRENT moves again;
-        ``LoadFailed`` is raised the first time, so the caller can count it.
+        A version that fails to load is skipped until the target moves again; ``LoadFailed`` is
+        raised the first time, so the caller can log and count it once.
         """
-        version = self.registry.current_version()
+        version = self.store.current_version() if target is None else target
         if version is None or version in (serving, self._failed_version):
             return None
         try:
-            model, manifest = load_checkpoint(self.registry.get(version).path, device=device)
+            path = self.store.fetch(version)
+            model, manifest = load_checkpoint(path, device=device)
         except Exception as e:  # noqa: BLE001 - any load failure (shape mismatch included)
             self._failed_version = version
             raise LoadFailed(version, e) from e
-        return LoadedModel(model, manifest, Served(self.registry.get(version).path, version))
+        self._failed_version = None
+        return LoadedModel(model, manifest, Served(path, version))
 
 
 class LoadFailed(RuntimeError):
-    """A new current version could not be loaded; the old one keeps being served."""
+    """A new version could not be fetched or loaded; the old one keeps being served."""
 
     def __init__(self, version: int, cause: BaseException) -> None:
         super().__init__(f"cannot load model version {version}: {cause}")

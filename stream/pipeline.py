@@ -24,6 +24,7 @@ import base64
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from stream import metrics
 from stream.admission import Admit, PartitionCursor
@@ -76,6 +77,12 @@ class _Outputs:
     applied: dict[int, int]  # partition -> last applied offset
 
 
+class VersionFeed(Protocol):
+    def latest_version(self) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
 class BatchPipeline:
     def __init__(
         self,
@@ -84,13 +91,17 @@ class BatchPipeline:
         publisher: Publisher,
         changelog: ChangelogReader,
         models: ModelSource,
+        announcements: VersionFeed | None = None,
     ) -> None:
+        """``announcements``: where the version to serve is announced (`model-updates`); None,
+        or none announced yet: the model store's current version."""
         self.settings = settings
         self.store = store
         self.publisher = publisher
         self.changelog = changelog
         self.changelog_writer = ChangelogWriter(settings.topics.state_changelog, publisher)
         self.models = models
+        self.announcements = announcements
         self.device = settings.torch_device()
         self.scorer = self._scorer()
         self._cursors: dict[int, PartitionCursor] = {}
@@ -110,6 +121,8 @@ class BatchPipeline:
         return scorer
 
     def close(self) -> None:
+        if self.announcements is not None:
+            self.announcements.close()
         self.publisher.close()
         self.store.close()
 
@@ -132,9 +145,10 @@ class BatchPipeline:
         return {s.partition: s.applied_offset + 1 for s in stores}
 
     def refresh_model(self) -> None:
-        """Swap in the registry's new current version, if any (between batches)."""
+        """Swap in the version to serve now, if it changed (between batches)."""
+        target = None if self.announcements is None else self.announcements.latest_version()
         try:
-            loaded = self.models.poll(self.scorer.version, self.device)
+            loaded = self.models.poll(self.scorer.version, target, self.device)
         except LoadFailed as e:
             metrics.MODEL_LOAD_FAILURES.inc()
             log.error("%s; still serving version %d", e, self.scorer.version)

@@ -130,7 +130,9 @@ class TopicSettings(BaseSettings):
     clicks: str = "clicks"
     recommendations: str = "recommendations"
     dlq: str = "clicks-dlq"
+    # the version workers serve (one partition, one key) and what each live worker serves
     model_updates: str = "model-updates"
+    worker_status: str = "worker-status"
     state_changelog: str = "glintstream-user-state"  # compacted, partitioned like clicks
     # of the topics glintstream creates; fixed at creation (Tansu has no CreatePartitions)
     partitions: int = Field(4, validation_alias=_env(f"{ENV_PREFIX}PARTITIONS"))
@@ -144,6 +146,13 @@ class PathSettings(BaseSettings):
     registry_dir: Path = REPO_ROOT / ".run" / "registry"  # model registry (fine-tune output)
     checkpoint_dir: Path = REPO_ROOT / "checkpoints" / "ml-1m"  # served when the registry is empty
     run_dir: Path = REPO_ROOT / ".run"  # pids and logs
+    # Where workers fetch versions: an fsspec URL or path the publisher mirrors the registry to
+    # (s3://bucket/models, a shared mount); empty: the registry directory itself (one host).
+    model_store: str = ""
+
+    @property
+    def model_store_url(self) -> str:
+        return self.model_store or str(self.registry_dir)
 
 
 class MetricsSettings(BaseSettings):
@@ -195,6 +204,8 @@ class WorkerSettings(BaseSettings):
     model_check_interval_s: float = Field(
         1.0, validation_alias=_worker_env("model_check_interval_s")
     )
+    # how often a worker writes what it serves to the worker-status topic (`model status`)
+    status_interval_s: float = 30.0
     torch_threads: int = 1  # intra-op threads in the batch process
     # faust's event loop: uvloop (libuv) spends less of the loop's time per click than asyncio's
     event_loop: Literal["uvloop", "aio"] = "uvloop"

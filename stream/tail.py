@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from model.registry import RegistryError
+from model.store import StoreError
 from stream.messages import Recommendation
 from stream.model_source import ModelNotFoundError, ModelSource
 from stream.settings import Settings
@@ -74,10 +74,8 @@ def format_recommendation(
 def served_dataset(settings: Settings) -> str | None:
     """The dataset of the model being served, from its manifest (no weights loaded)."""
     try:
-        dataset: str = ModelSource(
-            settings.paths.registry_dir, settings.paths.checkpoint_dir
-        ).manifest()["dataset"]
-    except (ModelNotFoundError, RegistryError, OSError, ValueError, KeyError):
+        dataset: str = ModelSource.from_settings(settings, "tail").manifest()["dataset"]
+    except (ModelNotFoundError, StoreError, OSError, ValueError, KeyError):
         return None
     return dataset
 

@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.settings import Settings
@@ -77,6 +84,13 @@ def partition_count(settings: Settings, topic: str) -> int:
     return len(admin.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics[topic].partitions)
 
 
+def ensure_control_topics(settings: Settings) -> None:
+    """`model-updates` and `worker-status`: one partition (one order of versions; a few
+    statuses), compacted where the broker compacts (only the last record per key matters)."""
+    topics = [settings.topics.model_updates, settings.topics.worker_status]
+    ensure_topics(settings, topics, 1, {"cleanup.policy": "compact"})
+
+
 def ensure_worker_topics(settings: Settings) -> None:
     """Create the worker's topics if missing; the changelog must be partitioned like clicks.
 
@@ -95,6 +109,7 @@ def ensure_worker_topics(settings: Settings) -> None:
             if time.monotonic() > deadline:
                 raise
             log.info("waiting for the broker at %s: %s", settings.kafka.bootstrap_servers, e)
+    ensure_control_topics(settings)
     # Compacted: only the last record per user matters. Partitioned like the clicks as they
     # are (they may predate this worker), which the check below insists on.
     n_clicks = partition_count(settings, settings.topics.clicks)
@@ -118,3 +133,49 @@ def poll_batch(consumer: Consumer, max_messages: int, timeout: float) -> list[Me
     if first is None:
         return []
     return [first, *consumer.consume(max_messages - 1, 0)] if max_messages > 1 else [first]
+
+
+class TopicMissing(LookupError):
+    """The topic does not exist at the configured bootstrap servers."""
+
+
+READ_CHUNK = 5000
+READ_POLL_S = 0.5
+
+
+def read_to_end(
+    settings: Settings, topic: str, timeout_s: float, **consumer_config: Any
+) -> Iterator[Message]:
+    """Every record of ``topic`` from its beginning to the end each partition had when read;
+    no consumer group joined, nothing committed. Stops after ``timeout_s`` whatever is left."""
+    consumer = Consumer(
+        settings.kafka.confluent_consumer_config(
+            f"{settings.worker.app_id}-reader",  # assigned, never committed
+            **{"enable.auto.commit": False, "enable.partition.eof": True, **consumer_config},
+        )
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            raise TopicMissing(
+                f"topic {topic} does not exist at {settings.kafka.bootstrap_servers}"
+            )
+        open_partitions = set(metadata.partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in open_partitions])
+        deadline = time.monotonic() + timeout_s
+        while open_partitions and time.monotonic() < deadline:
+            for msg in poll_batch(consumer, READ_CHUNK, READ_POLL_S):
+                err = msg.error()
+                if err is None:
+                    yield msg
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    open_partitions.discard(msg.partition())
+        if open_partitions:
+            log.warning(
+                "%s: partitions %s not read to the end in %.0f s",
+                topic,
+                sorted(open_partitions),
+                timeout_s,
+            )
+    finally:
+        consumer.close()

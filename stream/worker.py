@@ -44,6 +44,7 @@ from stream.pipeline import RawClick
 from stream.settings import Settings
 from stream.topics import ensure_worker_topics
 from stream.watchdog import PartitionView, StallReport, Watchdog
+from stream.worker_status import status_record
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +182,15 @@ class Worker:
         async def refresh_model() -> None:
             # in the batch process, so a swap always falls between two batches
             try:
-                health.model_loaded(await batch.refresh_model())
+                swapped = health.model_loaded(await batch.refresh_model())
             except BrokenProcessPool as e:
                 _crash(e)
+            if swapped:
+                await self._send_status()
+
+        @app.timer(self.settings.worker.status_interval_s)
+        async def report_status() -> None:
+            await self._send_status()
 
         # An exception in a faust timer crashes the app: a metric is never worth that, so these
         # timers log and carry on.
@@ -205,6 +212,18 @@ class Worker:
                 self.report(self.watchdog.check(time.monotonic(), views), views)
             except Exception:  # the watchdog must never be what takes the worker down
                 log.warning("the stall watchdog failed", exc_info=True)
+
+    async def _send_status(self) -> None:
+        """What this worker serves, to the worker-status topic (`glintstream model status`)."""
+        topic, version = self.settings.topics.clicks, self.health.model_version
+        partitions = [tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic]
+        key, value = status_record(self.settings, version or 0, partitions)
+        try:
+            await self.app.producer.send_and_wait(
+                self.settings.topics.worker_status, key, value, None, None, None
+            )
+        except Exception as e:  # a status is worth a warning, never the worker
+            log.warning("cannot send this worker's status: %s", e)
 
     def _update_lag(self) -> None:
         """Each assigned clicks partition's lag: high watermark - (last applied offset + 1),

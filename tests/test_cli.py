@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
+from test_worker import make_checkpoint
 
 from stream.cli import main
 
@@ -44,11 +45,21 @@ def test_broker_wraps_command(tmp_path: Path) -> None:
     assert not (run_dir / "broker.pid").exists()  # removed on a clean stop
 
 
-def test_produce_and_tail_without_a_broker_fail_in_one_line() -> None:
+def test_clients_and_model_changes_without_a_broker_fail_in_one_line(tmp_path: Path) -> None:
+    """And a model change leaves the registry as it was: the workers could not be told."""
     closed = "127.0.0.1:1"  # nothing listens on port 1
-    for command in (["tail"], ["produce", "--dataset", "synthetic"]):
+    make_checkpoint(tmp_path / "ckpt", ["<pad>", "a", "b"], seed=0)
+    for command in (
+        ["tail"],
+        ["produce", "--dataset", "synthetic"],
+        ["model", "publish", str(tmp_path / "ckpt")],
+        ["model", "status"],
+    ):
         proc = subprocess.run(
-            [glintstream_exe(), "--bootstrap-servers", closed, *command],
+            [
+                *(glintstream_exe(), "--bootstrap-servers", closed),
+                *("--registry-dir", str(tmp_path / "registry"), *command),
+            ],
             capture_output=True,
             text=True,
             timeout=60,
@@ -58,3 +69,4 @@ def test_produce_and_tail_without_a_broker_fail_in_one_line() -> None:
         assert len(lines) == 1, proc.stderr
         assert f"no Kafka broker answered at {closed}" in lines[0]
         assert "glintstream broker" in lines[0]
+    assert not (tmp_path / "registry" / "versions").exists()

@@ -34,9 +34,9 @@ from stream.broker import free_port
 from stream.finetune import FinetuneJob
 from stream.finetune_store import RecentClicks, StoredClick
 from stream.messages import RunOutcome
+from stream.releases import Releases
 from stream.settings import RocksDBSettings, Settings, load_settings
 from stream.testkit import GLINTSTREAM, POLL_S, TopicReader, WorkerProcess, private_worker_env
-from stream.topics import ensure_topics
 
 torch.set_num_threads(1)  # the test machine is shared; the job sets its own threads too
 
@@ -269,7 +269,6 @@ def job_settings(settings: Settings, tmp_path: Path, unique_name: Callable[[str]
         topic_model_updates=unique_name("updates"),
         device="cpu",
     )
-    ensure_topics(s, [s.topics.model_updates], s.topics.partitions)
     return s
 
 
@@ -316,6 +315,34 @@ def test_good_fine_tune_grows_the_vocabulary_publishes_and_announces(
     (announced,) = read_topic(job_settings, job_settings.topics.model_updates, wait_s=3.0)
     assert announced["version"] == info.version and announced["figures"] == f
     assert announced["parent"] is None and announced["created"] == info.created
+
+
+def test_a_rollback_holds_across_fine_tune_runs_until_unpinned(
+    job_settings: Settings, frozen: GlintRU, tmp_path: Path
+) -> None:
+    releases = Releases(job_settings)
+    v1 = releases.publish(save(frozen, tmp_path / "v1")).version
+    releases.publish(save(frozen, tmp_path / "v2"))
+    releases.rollback(v1)  # an operator goes back to v1: pinned there
+    job = job_with(job_settings)
+    try:
+        fill(job, drifting(150, seed=2))  # clicks a fine-tune improves on
+        held = [job.run_once() for _ in range(3)]
+        assert releases.registry.unpin() == v1
+        after = job.run_once()
+    finally:
+        job.close()
+    assert [r.outcome for r in held] == [RunOutcome.HELD] * 3, held
+    assert all(r.parent == v1 and "new_NDCG@10" in r.figures for r in held)  # still evaluated
+    assert after.outcome == RunOutcome.PUBLISHED and after.version == 3 and after.parent == v1
+    assert [v.version for v in releases.registry.list()] == [1, 2, 3]
+    updates = read_topic(job_settings, job_settings.topics.model_updates, wait_s=3.0)
+    assert [(u["event"], u["version"]) for u in updates] == [
+        ("published", 1),
+        ("published", 2),
+        ("rollback", 1),
+        ("published", 3),
+    ]
 
 
 # ----------------------------------------------------------------------------- end to end

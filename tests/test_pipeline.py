@@ -85,13 +85,29 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
-def pipeline(settings: Settings, publisher: FakePublisher) -> BatchPipeline:
+class FakeAnnouncements:
+    """`model-updates` as the pipeline reads it: the last announced version."""
+
+    def __init__(self) -> None:
+        self.version: int | None = None
+
+    def latest_version(self) -> int | None:
+        return self.version
+
+    def close(self) -> None:
+        pass
+
+
+def pipeline(
+    settings: Settings, publisher: FakePublisher, announcements: FakeAnnouncements | None = None
+) -> BatchPipeline:
     p = BatchPipeline(
         settings,
         StateStore(settings.paths.state_dir, settings.rocksdb),
         publisher,  # type: ignore[arg-type]
         NoChangelog(),  # type: ignore[arg-type]
-        ModelSource(settings.paths.registry_dir, settings.paths.checkpoint_dir),
+        ModelSource.from_settings(settings, "test"),
+        announcements,
     )
     p.prepare({P})
     return p
@@ -175,19 +191,24 @@ def test_an_unacked_batch_is_retried_and_committed_once(settings: Settings) -> N
     assert stored is not None and stored.n == 1 and p.store.partition(P).applied_offset == 1
 
 
-def test_a_new_version_is_swapped_in_and_a_broken_one_is_counted_and_skipped(
+def test_the_announced_version_is_swapped_in_and_a_broken_one_is_counted_and_skipped(
     settings: Settings, tmp_path: Path
 ) -> None:
-    publisher = FakePublisher()
-    p = pipeline(settings, publisher)
+    publisher, announcements = FakePublisher(), FakeAnnouncements()
+    p = pipeline(settings, publisher, announcements)
     registry = Registry(settings.paths.registry_dir)
-    make_checkpoint(tmp_path / "v1", VOCAB, seed=1)
+    for seed in (1, 2, 3):
+        make_checkpoint(tmp_path / f"v{seed}", VOCAB, seed=seed)
     registry.publish(tmp_path / "v1")
     p.refresh_model()
+    assert p.scorer.version == 1  # none announced yet: the store's current version
+    registry.publish(tmp_path / "v2")
+    announcements.version = 1  # announced before v2 was: the announcement wins
+    p.refresh_model()
     assert p.scorer.version == 1
-    make_checkpoint(tmp_path / "v2", VOCAB, seed=2)
-    broken = registry.publish(tmp_path / "v2")
+    broken = registry.publish(tmp_path / "v3")
     (broken.path / "model.safetensors").write_bytes(b"not weights")
+    announcements.version = 3
     failures = metrics.MODEL_LOAD_FAILURES._value.get()
     p.refresh_model()
     p.refresh_model()  # logged and counted once per version

@@ -11,7 +11,7 @@ import pytest
 
 from model.baselines import Popularity, PopularityConfig
 from model.checkpoint import MANIFEST, WEIGHTS, CheckpointError, load_checkpoint, save_checkpoint
-from model.registry import CURRENT, HISTORY, Registry, RegistryError
+from model.registry import CURRENT, HISTORY, Registry, RegistryError, RegistryPinned
 
 NUM_ITEMS = 20
 VOCAB = ["<pad>"] + [str(i) for i in range(1, NUM_ITEMS + 1)]
@@ -166,3 +166,23 @@ def test_concurrent_publishes_get_distinct_versions(tmp_path: Path, ckpt: Path) 
     reg = Registry(root)
     assert [v.version for v in reg.list()] == [1, 2, 3, 4, 5, 6]
     assert reg.current_version() == 6  # pointer moves happen under the lock, in order
+
+
+def test_a_pin_holds_until_unpinned_and_rollback_pins(tmp_path: Path, ckpt: Path) -> None:
+
+    reg = Registry(tmp_path / "reg")
+    for _ in range(3):
+        reg.publish(ckpt)
+    assert reg.pinned() is None
+    reg.rollback(1)  # an operator rolls back: held there
+    assert (reg.current_version(), reg.pinned()) == (1, 1)
+    with pytest.raises(RegistryPinned, match="version 1 is pinned"):
+        reg.publish(ckpt, unless_pinned=True)  # the fine-tune job's publish
+    assert reg.current_version() == 1 and len(reg.list()) == 3
+    assert reg.unpin() == 1 and reg.pinned() is None
+    assert reg.publish(ckpt, unless_pinned=True).version == 4
+    reg.pin(2)
+    assert reg.publish(ckpt).version == 5  # an operator's publish names what to serve
+    assert reg.pinned() is None and reg.current_version() == 5
+    events = [json.loads(line)["event"] for line in (reg.root / "history.jsonl").open()]
+    assert events.count("rollback") == 2 and "unpin" in events

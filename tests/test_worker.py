@@ -7,7 +7,8 @@ whose sequences are cut into phases of clicks:
 2. junk (hypothesis-generated) mixed into the stream ends in the DLQ, valid clicks still served;
 3. kill -9 mid-stream and restart: every click applied exactly once;
 4. a second worker joins and leaves: the partitions move with their state;
-5. a new registry version is hot-swapped in; stored states are rebuilt from their rings;
+5. a version with its items reordered is published through a model store: the worker swaps to
+   it, a second worker sharing nothing else but Kafka starts on it, `model status` shows both;
 6. a restart with a wiped state dir while input arrives (faust #596): nothing lost;
 7. a batch that fails takes the worker down (exit 70).
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -36,12 +38,12 @@ from hypothesis import strategies as st
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.data import synthetic
 from model.glintru import GlintRU, GlintRUConfig, build_glintru
-from model.registry import Registry
 from stream.clicks import Rejection, parse_click
 from stream.messages import RejectReason
 from stream.settings import RocksDBSettings
 from stream.state import StateStore
 from stream.testkit import (
+    GLINTSTREAM,
     ClickProducer,
     Ledger,
     TopicReader,
@@ -185,6 +187,8 @@ def scenario(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory) -
         lambda prefix: f"{prefix}-{suffix}",
         GLINTSTREAM_TOP_K=K,
         GLINTSTREAM_BATCH_MAX_SIZE=64,  # several batches per phase
+        GLINTSTREAM_MODEL_STORE=f"file://{root / 'store'}",
+        GLINTSTREAM_WORKER_STATUS_INTERVAL_S=1,
     )
     a = WorkerProcess(env, "a", root).start()
     a.wait_ready()  # also creates the topics
@@ -324,23 +328,74 @@ def serve_a_first_phase(scenario: Scenario) -> None:
     scenario.check_outputs(expected_version=0)
 
 
-def test_5_a_retrained_model_with_its_items_in_another_order_is_hot_swapped(
+def test_5_a_reordered_version_reaches_workers_that_share_only_kafka_and_the_store(
     scenario: Scenario, tmp_path: Path
 ) -> None:
     """The new version lists the items in another order (as a retrain on other data would):
     the stored histories are item ids, so every user's next recommendation is the new model's
-    own for the user's history."""
+    own for the user's history. It is published from a registry of its own, through the model
+    store; worker b has no registry, no checkpoint and no directory of a's."""
     serve_a_first_phase(scenario)
+    publisher = publisher_env(scenario, tmp_path / "publisher-host")
     reordered = [scenario.vocab[0], *reversed(scenario.vocab[1:])]
     make_checkpoint(tmp_path / "v1", reordered, seed=1)
-    info = Registry(scenario.registry_dir).publish(tmp_path / "v1")
-    model1, _ = load_checkpoint(info.path)
-    scenario.models[info.version] = (model1, reordered)  # type: ignore[assignment]
-    scenario.a.wait_for(f"serving model version {info.version}", 10)
+    published = run_cli(publisher, "model", "publish", str(tmp_path / "v1"))
+    assert "published v1" in published and "reordered" in published
+    model1, _ = load_checkpoint(tmp_path / "v1")
+    scenario.models[1] = (model1, reordered)  # type: ignore[assignment]
+    scenario.a.wait_for("serving model version 1", 10)
+
+    b_host = tmp_path / "b-host"
+    b = WorkerProcess(
+        {
+            **scenario.env,
+            "GLINTSTREAM_STATE_DIR": str(b_host / "state"),
+            "GLINTSTREAM_REGISTRY_DIR": str(b_host / "registry"),
+            "GLINTSTREAM_CHECKPOINT_DIR": str(b_host / "no-checkpoint"),
+        },
+        "b",
+        b_host,
+    )
+    b_host.mkdir()
+    scenario.extra_workers = [b.start()]  # type: ignore[attr-defined]
+    b.wait_ready()
+    assert "serving model version 1" in b.log()
     scenario.produce_phase(4)
     scenario.wait_outputs()
-    scenario.check_outputs(expected_version=info.version)  # rebuilt states: exact on the ring
+    scenario.check_outputs(expected_version=1)  # rebuilt states: exact on the ring
     scenario.check_exactly_once()
+
+    def statuses() -> str:
+        return run_cli(publisher, "model", "status")
+
+    deadline = time.monotonic() + 20
+    while "workers: 2 live" not in (shown := statuses()) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert "registry: v1" in shown and "announced: v1 (published" in shown, shown
+    rows = [line.split() for line in shown.splitlines() if line.startswith("  ") and "v1" in line]
+    assert sorted(row[0] for row in rows) == ["a", "b"], shown
+
+    assert "pinned v1" in run_cli(publisher, "model", "pin", "1")
+    assert "(pinned)" in run_cli(publisher, "model", "list")
+    assert "v1 is no longer pinned" in run_cli(publisher, "model", "unpin")
+
+
+def publisher_env(scenario: Scenario, host: Path) -> dict[str, str]:
+    """The `glintstream model` commands' environment on a host of their own."""
+    keep = ("KAFKA_BOOTSTRAP_SERVERS", "GLINTSTREAM_MODEL_STORE", "GLINTSTREAM_TOPIC_MODEL_UPDATES")
+    env = {k: v for k, v in scenario.env.items() if not k.startswith("GLINTSTREAM_") or k in keep}
+    env["GLINTSTREAM_TOPIC_WORKER_STATUS"] = scenario.topics["worker_status"]
+    env["GLINTSTREAM_REGISTRY_DIR"] = str(host / "registry")
+    env["GLINTSTREAM_STATE_DIR"] = str(host / "state")
+    return env
+
+
+def run_cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [GLINTSTREAM, *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_6_wiped_restart_with_input_during_recovery_loses_nothing(scenario: Scenario) -> None:

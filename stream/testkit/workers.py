@@ -287,7 +287,7 @@ def worker_env(**values: Any) -> dict[str, str]:
     return env
 
 
-WORKER_TOPICS = ("clicks", "recommendations", "dlq", "changelog", "model_updates")
+WORKER_TOPICS = ("clicks", "recommendations", "dlq", "changelog", "model_updates", "worker_status")
 
 
 def private_worker_env(
@@ -304,6 +304,7 @@ def private_worker_env(
         GLINTSTREAM_TOPIC_DLQ=topics["dlq"],
         GLINTSTREAM_TOPIC_STATE_CHANGELOG=topics["changelog"],
         GLINTSTREAM_TOPIC_MODEL_UPDATES=topics["model_updates"],
+        GLINTSTREAM_TOPIC_WORKER_STATUS=topics["worker_status"],
         GLINTSTREAM_WORKER_APP_ID=name("worker"),
         GLINTSTREAM_STATE_DIR=root / "state",
         GLINTSTREAM_REGISTRY_DIR=root / "registry",
