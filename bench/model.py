@@ -164,6 +164,9 @@ def window_deviation(dataset: str, stride: int | None = None) -> dict:
     }
 
 
+RESULTS_COLUMNS = ("full_masked", "full", "pop100")  # the protocol columns of docs/results.md
+
+
 def results_row(checkpoint: Path) -> str:
     """One markdown row of docs/results.md from a checkpoint's manifest (its test figures)."""
     manifest = json.loads((checkpoint / "manifest.json").read_text())
@@ -172,7 +175,7 @@ def results_row(checkpoint: Path) -> str:
     history = metrics.get("history", [])
     epoch_s = np.mean([h["train_seconds"] for h in history]) if history else 0.0
     cells = [manifest["dataset"], model]
-    for protocol in ("full_masked", "full", "pop100"):
+    for protocol in RESULTS_COLUMNS:
         m = metrics["test"][protocol]
         cells.append(f"{m['HR@10']:.4f} / {m['NDCG@10']:.4f}")
     epochs = history[-1]["epoch"] if history else 0  # history holds the validated epochs

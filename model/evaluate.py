@@ -1,5 +1,5 @@
-"""Offline evaluation: full ranking (seen items masked or not) and RecBole's pop100, and the
-score functions that turn histories into scores (``score_fn``: the model's forward over its
+"""Offline evaluation: full ranking (seen items masked, only the last L masked, or none masked)
+and RecBole's pop100, and the score functions that turn histories into scores (``score_fn``: the model's forward over its
 window, or, for a model that ``chunks``, its state after each whole history).
 
 Ranks are 0-based and pessimistic: rank = number of other candidates scoring >= the target,
@@ -20,6 +20,10 @@ from model.recommender import SequentialRecommender
 
 KS = (5, 10, 20)
 NUM_NEGATIVES = 100
+# full ranking with the user's whole history masked (ours until now); with only the last L
+# items masked (LRURec's and HSTU's protocol, and what the worker serves: its ring holds L);
+# unmasked (RecBole's); 100 popularity-sampled negatives (the paper's)
+PROTOCOLS = ("full_masked", "last_l_masked", "full", "pop100")
 ScoreFn = Callable[[list[np.ndarray]], Tensor]
 
 
@@ -120,16 +124,18 @@ def evaluate(
     targets: np.ndarray,
     item_counts: np.ndarray,
     *,
+    mask_last: int,
     batch_size: int = 512,
     seed: int = 0,
 ) -> dict:
-    """Score every user once and report the three protocols from the same score rows."""
+    """Score every user once and report every protocol from the same score rows;
+    ``mask_last`` is the L of ``last_l_masked``."""
     targets = np.asarray(targets, dtype=np.int64)
     if len(inputs) != len(targets):
         raise ValueError(f"{len(inputs)} inputs but {len(targets)} targets")
     # draw all negatives up front so the result does not depend on batch_size
     negatives = sample_negatives(targets, item_counts, np.random.default_rng(seed))
-    ranks: dict[str, list[Tensor]] = {"full_masked": [], "full": [], "pop100": []}
+    ranks: dict[str, list[Tensor]] = {protocol: [] for protocol in PROTOCOLS}
     for start in range(0, len(inputs), batch_size):
         end = min(start + batch_size, len(inputs))
         histories = inputs[start:end]
@@ -137,6 +143,8 @@ def evaluate(
         scores = finite_scores(score_fn(histories))
         ranks["full"].append(full_ranks(scores, tgt))
         ranks["full_masked"].append(full_ranks(mask_seen(scores, histories, tgt), tgt))
+        recent = [h[-mask_last:] for h in histories]
+        ranks["last_l_masked"].append(full_ranks(mask_seen(scores, recent, tgt), tgt))
         ranks["pop100"].append(sampled_ranks(scores, tgt, torch.from_numpy(negatives[start:end])))
     out: dict = {k: metrics_from_ranks(torch.cat(v).numpy()) for k, v in ranks.items()}
     out["users"] = len(inputs)
@@ -188,11 +196,20 @@ def evaluate_model(
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> dict:
-    """``evaluate`` for a model in eval mode (restores its training flag afterwards)."""
+    """``evaluate`` for a model in eval mode (restores its training flag afterwards); the last
+    ``max_len`` items are masked in ``last_l_masked``, as the worker's ring does."""
     was_training = model.training
     model.eval()
     try:
         fn = score_fn(model, device)
-        return evaluate(fn, inputs, targets, item_counts, batch_size=batch_size, seed=seed)
+        return evaluate(
+            fn,
+            inputs,
+            targets,
+            item_counts,
+            mask_last=model.max_len,
+            batch_size=batch_size,
+            seed=seed,
+        )
     finally:
         model.train(was_training)

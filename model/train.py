@@ -113,7 +113,13 @@ def evaluate_split(
     try:
         fn = score_fn(model, config.device)
         return evaluate(
-            fn, inputs, targets, counts, batch_size=config.eval_batch_size, seed=config.seed
+            fn,
+            inputs,
+            targets,
+            counts,
+            mask_last=model.max_len,
+            batch_size=config.eval_batch_size,
+            seed=config.seed,
         )
     finally:
         model.train(was_training)

@@ -127,7 +127,7 @@ MODEL_UPDATE_KEY = b"current"
 
 
 class WorkerStatus(_Message):
-    """Topic `<worker_app_id>-status`, key = worker id: what a live worker serves."""
+    """Topic `worker-status`, key = worker id: what a live worker serves."""
 
     worker_id: str
     host: str

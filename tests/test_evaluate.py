@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from model.evaluate import (
+    PROTOCOLS,
     evaluate,
     full_ranks,
     mask_seen,
@@ -84,15 +85,17 @@ def test_constant_scorer_gets_no_credit() -> None:
     inputs = [rng.integers(1, num_items + 1, size=5) for _ in range(n)]
     targets = rng.integers(1, num_items + 1, size=n)
     counts = np.r_[0, np.ones(num_items, dtype=np.int64)]
-    out = evaluate(lambda h: torch.zeros(len(h), num_items + 1), inputs, targets, counts)
+    out = evaluate(
+        lambda h: torch.zeros(len(h), num_items + 1), inputs, targets, counts, mask_last=3
+    )
     assert out["users"] == n
-    for protocol in ("full", "full_masked", "pop100"):
+    for protocol in PROTOCOLS:
         assert out[protocol]["HR@10"] == 0.0 and set(out[protocol]) == KEYS
 
 
 def test_nan_scores_get_no_credit() -> None:
     nan = lambda h: torch.full((len(h), 41), float("nan"))  # noqa: E731
-    out = evaluate(nan, [np.array([1])] * 4, np.array([1, 2, 3, 4]), np.ones(41))
+    out = evaluate(nan, [np.array([1])] * 4, np.array([1, 2, 3, 4]), np.ones(41), mask_last=1)
     assert out["full"]["HR@20"] == 0.0 and out["pop100"]["HR@20"] == 0.0
 
 
@@ -107,8 +110,22 @@ def test_oracle_scores_everything_first() -> None:
         return scores
 
     counts = np.r_[0, np.arange(1, num_items + 1)]
-    out = evaluate(oracle, inputs, targets, counts, batch_size=7)
-    assert all(out[p]["NDCG@10"] == 1.0 for p in ("full", "full_masked", "pop100"))
+    out = evaluate(oracle, inputs, targets, counts, mask_last=1, batch_size=7)
+    assert all(out[p]["NDCG@10"] == 1.0 for p in PROTOCOLS)
+
+
+def test_only_the_last_l_items_are_masked_in_last_l_masked() -> None:
+    """An item clicked long ago (before the last L) is still a candidate, as in the worker."""
+    scores = torch.tensor([[float("-inf"), 9.0, 8.0, 1.0, 5.0]])  # items 1..4
+
+    def score(histories: list[np.ndarray]) -> torch.Tensor:
+        return scores.expand(len(histories), -1)
+
+    history, target = np.array([1, 2]), np.array([4])  # item 1 long ago, item 2 recent
+    out = evaluate(score, [history], target, np.ones(5), mask_last=1)
+    assert out["full"]["MRR@10"] == 1 / 3  # items 1 and 2 ahead of the target
+    assert out["full_masked"]["MRR@10"] == 1.0  # both masked
+    assert out["last_l_masked"]["MRR@10"] == 1 / 2  # only item 2 masked
 
 
 def test_negatives_exclude_target_and_follow_popularity() -> None:
@@ -148,6 +165,6 @@ def test_evaluate_independent_of_batch_size() -> None:
         return table.view(1, -1) * last.float().sin()
 
     counts = np.r_[0, rng.integers(1, 20, size=num_items)]
-    assert evaluate(score, inputs, targets, counts, batch_size=8) == evaluate(
-        score, inputs, targets, counts, batch_size=512
+    assert evaluate(score, inputs, targets, counts, mask_last=4, batch_size=8) == evaluate(
+        score, inputs, targets, counts, mask_last=4, batch_size=512
     )

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from model.baselines import Popularity, PopularityConfig
 from model.data import SequenceData, item_counts, leave_one_out, load_dataset, synthetic
-from model.evaluate import encode_histories, evaluate_model
+from model.evaluate import PROTOCOLS, encode_histories, evaluate_model
 from model.glintru import GlintRUConfig, build_glintru
 from model.steps import windows
 from model.train import TrainConfig, evaluate_checkpoint, train
@@ -128,7 +128,7 @@ def test_train_command_on_ml100k_beats_popularity(tmp_path: Path):
     )
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output.strip().splitlines()[-1])
-    assert set(figures) == {"full_masked", "full", "pop100", "users"}
+    assert set(figures) == {*PROTOCOLS, "users"}
     assert figures["users"] == 943
 
     data = load_dataset("ml-100k", DATA_DIR)

@@ -121,8 +121,10 @@ def train(
 def evaluate(
     settings: Settings, checkpoint: Path, source: ClickSource, split: str, as_json: bool, seed: int
 ) -> None:
-    """Full ranking (seen items masked and not) and pop100 of a checkpoint on some clicks."""
+    """Full ranking (all seen items masked, the last L masked, none) and pop100 of a checkpoint
+    on some clicks."""
     from model.checkpoint import CheckpointError, read_manifest
+    from model.evaluate import PROTOCOLS
     from model.train import evaluate_checkpoint
 
     data = load_source(source, settings)
@@ -146,7 +148,7 @@ def evaluate(
     if as_json:
         click.echo(json.dumps(result))
         return
-    for protocol in ("full_masked", "full", "pop100"):
+    for protocol in PROTOCOLS:
         figures = "  ".join(f"{k} {v:.4f}" for k, v in result[protocol].items())
-        click.echo(f"{protocol:12s} {figures}")
+        click.echo(f"{protocol:13s} {figures}")
     click.echo(f"users {result['users']}")
