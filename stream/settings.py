@@ -58,6 +58,8 @@ class KafkaSettings(BaseSettings):
     ssl_cafile: str | None = Field(None, validation_alias=_kafka_env("SSL_CAFILE"))
     # Tansu holds a JoinGroup for half the session timeout; the 45 s default means 23 s joins.
     session_timeout_ms: int = 6000
+    # how long a command (produce, tail, model ...) waits for a broker before failing in one line
+    connect_timeout_s: float = 5.0
 
     def confluent_config(self) -> dict[str, Any]:
         """librdkafka settings shared by producers, consumers and admin clients."""

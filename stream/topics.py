@@ -32,16 +32,14 @@ class BrokerUnreachable(RuntimeError):
     """No broker answered at the configured bootstrap servers."""
 
 
-REACHABLE_TIMEOUT_S = 5.0
-
-
-def ensure_reachable(settings: Settings, timeout_s: float = REACHABLE_TIMEOUT_S) -> None:
+def ensure_reachable(settings: Settings) -> None:
     """Raise ``BrokerUnreachable`` with one line that names the servers, or return.
 
     librdkafka's own connection errors are silenced here: a closed port would otherwise print
     a line per retry while the caller waits.
     """
     admin = AdminClient({**settings.kafka.confluent_config(), "log_level": 0})
+    timeout_s = settings.kafka.connect_timeout_s
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException as e:
