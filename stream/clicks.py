@@ -10,8 +10,12 @@ the user id (the key decides the partition, and with it where the user's state l
   ``[0, MAX_INT_ID]``; integers are normalised to their decimal string, so ``7`` and ``"7"`` are
   the same id. Booleans, floats (even ``7.0``), negative or larger integers are rejected;
 * ``ts`` is unix seconds, a finite non-negative number (not a boolean);
-* ``event_id`` is optional and, when present, an id like the others;
+* ``event_id`` is optional and, when present, an id like the others; the recommendation
+  echoes it;
 * extra fields are ignored.
+
+``ClickContract`` states the same rules as a pydantic model: the published JSON Schema is
+generated from it, and a property test holds ``parse_click`` to it.
 """
 
 from __future__ import annotations
@@ -19,13 +23,32 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from stream.messages import RejectReason
 
 MAX_ID_CHARS = 128
 MAX_INT_ID = 2**63 - 1  # an int64: what Kafka-side tooling and numpy can hold
 MAX_TS = 1e11  # unix seconds around the year 5138: anything later is a unit mistake (ms, µs)
+# What a JSON Schema can say of ``str.isprintable``: no C0/C1 control characters or DEL (Python
+# also refuses a few more, such as non-ASCII spaces and unassigned code points).
+PRINTABLE_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+
+_StrId = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS, pattern=PRINTABLE_PATTERN)]
+_IntId = Annotated[int, Field(ge=0, le=MAX_INT_ID)]
+
+
+class ClickContract(BaseModel):
+    """A click on the `clicks` topic, keyed by its user id (the key must equal ``user_id``)."""
+
+    model_config = ConfigDict(extra="allow", title="Click")
+
+    user_id: _StrId | _IntId
+    item_id: _StrId | _IntId
+    ts: Annotated[float, Field(ge=0, le=MAX_TS, description="unix seconds")]
+    event_id: _StrId | _IntId | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,10 @@
 """Every message glintstream writes, and the named values they and the metrics carry.
 
 One definition each, used by the code that writes the message and the code that reads it
-(`glintstream tail`, the tests): the recommendation, the dead letter and the model-update
-announcement as pydantic models, and the reasons, outcomes and modes as ``StrEnum``s. Clicks
-are the input; ``stream.clicks`` parses and validates them.
+(`glintstream tail`, the tests): the recommendation, the dead letter, the model-update
+announcement and the worker status as pydantic models, and the reasons, outcomes and modes as
+``StrEnum``s. Clicks are the input; ``stream.clicks`` parses and validates them. The published
+JSON Schemas (deploy/schemas/, ``stream.schemas``) are generated from these models.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+# Every emitted message carries it; raised when a field changes meaning or goes away (adding an
+# optional field is not a new version).
+SCHEMA_VERSION = 1
 DLQ_REASON_HEADER = "reason"  # every dead letter also carries its reason as this Kafka header
 
 
@@ -65,14 +69,21 @@ class RunOutcome(StrEnum):
     FAILED = "failed"  # an error, logged
 
 
-class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Part(BaseModel):
+    # every field is written, so the published schema lists them all as required
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_serialization_defaults_required=True
+    )
+
+
+class _Message(_Part):
+    schema_version: int = SCHEMA_VERSION
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
 
 
-class ClickRef(_Message):
+class ClickRef(_Part):
     """Where a click is: the worker's answer to it names it by topic, partition and offset."""
 
     topic: str
@@ -90,6 +101,7 @@ class Recommendation(_Message):
     click: ClickRef
     click_ts: float  # the click's own ts
     published_ts: float  # when the worker made it (unix seconds)
+    event_id: str | None = None  # the click's event_id, when it had one
 
 
 class DeadLetter(_Message):

@@ -294,6 +294,7 @@ class BatchPipeline:
                 click=ClickRef(topic=topic, partition=v.message.partition, offset=v.message.offset),
                 click_ts=v.click.ts,
                 published_ts=time.time(),
+                event_id=v.click.event_id,
             )
             recommendations.append((v.message.key, recommendation.to_bytes()))
         with_vec = scorer.mode is ScoringMode.STEP  # recompute keeps no state vector

@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from jsonschema import Draft202012Validator
 
 from stream.broker import Broker
+from stream.schemas import MESSAGES, load_schema
 from stream.settings import Settings, load_settings
+
+PUBLISHED_SCHEMAS = Path(__file__).resolve().parents[1] / "deploy" / "schemas"
+Contract = Callable[[str, "bytes | dict[str, Any]"], None]
+
+
+@pytest.fixture(scope="session")
+def contract() -> Contract:
+    """``contract(name, message)`` fails the test unless the message (its bytes or its decoded
+    JSON) matches the published schema deploy/schemas/<name>.schema.json."""
+    validators = {
+        name: Draft202012Validator(load_schema(PUBLISHED_SCHEMAS, name)) for name in MESSAGES
+    }
+
+    def check(name: str, message: bytes | dict[str, Any]) -> None:
+        document = json.loads(message) if isinstance(message, bytes) else message
+        errors = [e.message for e in validators[name].iter_errors(document)]
+        assert not errors, f"{name} {document!r} breaks its schema: {errors}"
+
+    return check
 
 
 @pytest.fixture(scope="session")

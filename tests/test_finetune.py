@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from conftest import Contract
 
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.finetune import (
@@ -290,7 +291,7 @@ def test_broken_fine_tune_is_rejected_and_never_published(
 
 
 def test_good_fine_tune_grows_the_vocabulary_publishes_and_announces(
-    job_settings: Settings, frozen: GlintRU, tmp_path: Path
+    job_settings: Settings, frozen: GlintRU, tmp_path: Path, contract: Contract
 ) -> None:
     save(frozen, job_settings.paths.checkpoint_dir)  # no registry version yet: the fallback
     job = job_with(job_settings)
@@ -313,6 +314,7 @@ def test_good_fine_tune_grows_the_vocabulary_publishes_and_announces(
     model, manifest = load_checkpoint(info.path)
     assert manifest["vocab"] == [*VOCAB, "brand-new"] and model.num_items == NUM_ITEMS + 1
     (announced,) = read_topic(job_settings, job_settings.topics.model_updates, wait_s=3.0)
+    contract("model-update", announced)
     assert announced["version"] == info.version and announced["figures"] == f
     assert announced["parent"] is None and announced["created"] == info.created
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import Contract
 from test_worker import make_checkpoint
 
 from model.registry import Registry
@@ -67,8 +68,8 @@ class NoChangelog:
         return 0
 
 
-def click(user: str, item: str, ts: float = 1.0) -> bytes:
-    return json.dumps({"user_id": user, "item_id": item, "ts": ts}).encode()
+def click(user: str, item: str, ts: float = 1.0, **more: object) -> bytes:
+    return json.dumps({"user_id": user, "item_id": item, "ts": ts, **more}).encode()
 
 
 @pytest.fixture
@@ -113,14 +114,19 @@ def pipeline(
     return p
 
 
-def test_a_batch_publishes_then_sends_the_changelog_then_commits(settings: Settings) -> None:
+def test_a_batch_publishes_then_sends_the_changelog_then_commits(
+    settings: Settings, contract: Contract
+) -> None:
     publisher = FakePublisher()
     p = pipeline(settings, publisher)
     batch = [RawClick(P, o, b"u1", click("u1", f"i{o + 1}")) for o in range(3)]
-    batch.append(RawClick(P, 3, b"u2", click("u2", "i9")))
+    batch.append(RawClick(P, 3, b"u2", click("u2", "i9", event_id=77)))
     assert p.process(batch, {P}) == {}
 
+    for value in publisher.values("recommendations"):
+        contract("recommendation", value)
     recs = [Recommendation.model_validate_json(v) for v in publisher.values("recommendations")]
+    assert [r.event_id for r in recs] == [None, None, None, "77"]  # echoed, as parsed
     assert [(r.user_id, r.click.offset) for r in recs] == [
         ("u1", 0),
         ("u1", 1),
@@ -142,13 +148,15 @@ def test_a_batch_publishes_then_sends_the_changelog_then_commits(settings: Setti
 
 
 def test_bad_clicks_and_unknown_items_are_dead_lettered_and_change_nothing(
-    settings: Settings,
+    settings: Settings, contract: Contract
 ) -> None:
     publisher = FakePublisher()
     p = pipeline(settings, publisher)
     p.process(
         [RawClick(P, 0, b"u1", b"{not json"), RawClick(P, 1, b"u1", click("u1", "nope"))], {P}
     )
+    for value in publisher.values("clicks-dlq"):
+        contract("dead-letter", value)
     letters = [DeadLetter.model_validate_json(v) for v in publisher.values("clicks-dlq")]
     assert [d.reason for d in letters] == [RejectReason.INVALID_JSON, RejectReason.UNKNOWN_ITEM]
     assert base64.b64decode(letters[0].value_b64 or "") == b"{not json"

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import Contract
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -95,6 +96,7 @@ class Scenario:
     dlq: TopicReader
     changelog: TopicReader
     a: WorkerProcess
+    contract: Contract
     checked: int = 0  # recommendations already verified
 
     def worker(self, worker_id: str) -> WorkerProcess:
@@ -139,6 +141,7 @@ class Scenario:
             np.testing.assert_allclose(out["scores"], first[1], atol=SCORE_TOL)
         new = self.recs.messages[self.checked :]
         for msg in new:
+            self.contract("recommendation", msg.value())
             out = json.loads(msg.value())
             user, t = self.ledger.clicks[(out["click"]["partition"], out["click"]["offset"])]
             if expected_version is not None:
@@ -168,7 +171,9 @@ class Scenario:
 
 
 @pytest.fixture
-def scenario(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+def scenario(
+    bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory, contract: Contract
+) -> Iterator:
     root = tmp_path_factory.mktemp("worker")
     suffix = root.name.replace("_", "-")
     data = synthetic(num_users=40, num_items=30, min_len=12, max_len=36, seed=3)
@@ -209,6 +214,7 @@ def scenario(bootstrap_servers: str, tmp_path_factory: pytest.TempPathFactory) -
         dlq=TopicReader(bootstrap_servers, topics["dlq"]),
         changelog=TopicReader(bootstrap_servers, topics["changelog"]),
         a=a,
+        contract=contract,
     )
     try:
         yield s
@@ -276,6 +282,7 @@ def test_2_junk_goes_to_dlq_while_valid_clicks_are_served(scenario: Scenario) ->
 
     scenario.dlq.read_until(lambda: set(junk) <= set(dead_lettered()), 30, "DLQ records")
     for tp, record in dead_lettered().items():
+        scenario.contract("dead-letter", record)
         assert record["reason"] in set(RejectReason) and record["detail"]
         original = junk[tp]
         assert record["value_b64"] is not None and original is not None
@@ -374,6 +381,13 @@ def test_5_a_reordered_version_reaches_workers_that_share_only_kafka_and_the_sto
     assert "registry: v1" in shown and "announced: v1 (published" in shown, shown
     rows = [line.split() for line in shown.splitlines() if line.startswith("  ") and "v1" in line]
     assert sorted(row[0] for row in rows) == ["a", "b"], shown
+    statuses_topic = TopicReader(scenario.bootstrap, scenario.topics["worker_status"])
+    try:
+        statuses_topic.read_until(lambda: len(statuses_topic.messages) >= 2, 20, "statuses")
+        for message in statuses_topic.messages:
+            scenario.contract("worker-status", message.value())
+    finally:
+        statuses_topic.close()
 
     assert "pinned v1" in run_cli(publisher, "model", "pin", "1")
     assert "(pinned)" in run_cli(publisher, "model", "list")

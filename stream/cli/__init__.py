@@ -67,6 +67,7 @@ for command in (
     run.finetune,
     clients.produce,
     clients.tail,
+    clients.schemas,
     models.train,
     models.evaluate,
     registry.model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -123,3 +124,19 @@ def tail(
         run_tail(settings, options)
     except (BrokerUnreachable, TailError) as e:
         raise click.ClickException(str(e)) from None
+
+
+@click.command()
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("deploy/schemas"),
+    show_default=True,
+    help="Directory to write into.",
+)
+def schemas(out: Path) -> None:
+    """Write the JSON Schemas of every message (click, recommendation, dead letter, ...)."""
+    from stream.schemas import write_schemas
+
+    for path in write_schemas(out):
+        click.echo(str(path))

@@ -1,0 +1,71 @@
+"""The published message contracts: JSON Schemas generated from the models the code uses.
+
+``glintstream schemas --out deploy/schemas`` writes one file per message; a test keeps the
+committed files equal to what the models generate, and the end-to-end tests validate what the
+system emits against the committed files. A consumer in another language reads the files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from stream.clicks import ClickContract
+from stream.messages import (
+    SCHEMA_VERSION,
+    DeadLetter,
+    ModelUpdate,
+    Recommendation,
+    WorkerStatus,
+)
+
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+# message name -> (its model, the topic setting that carries it)
+MESSAGES: dict[str, tuple[type[BaseModel], str]] = {
+    "click": (ClickContract, "clicks"),
+    "recommendation": (Recommendation, "recommendations"),
+    "dead-letter": (DeadLetter, "dlq"),
+    "model-update": (ModelUpdate, "model_updates"),
+    "worker-status": (WorkerStatus, "worker_status"),
+}
+
+
+def json_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema of one message: what a producer may send (click) or what we emit."""
+    model, topic = MESSAGES[name]
+    # a click is what a producer may send; the others are what glintstream writes
+    if model is ClickContract:
+        schema = model.model_json_schema(mode="validation")
+    else:
+        schema = model.model_json_schema(mode="serialization")
+    return {
+        "$schema": DRAFT,
+        "$id": f"glintstream/{name}.schema.json",
+        "x-schema-version": SCHEMA_VERSION,
+        "x-topic-setting": f"topics.{topic}",
+        **schema,
+    }
+
+
+def filename(name: str) -> str:
+    return f"{name}.schema.json"
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    """Write every message's schema into ``directory``; returns the files written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in MESSAGES:
+        path = directory / filename(name)
+        path.write_text(json.dumps(json_schema(name), indent=2, sort_keys=True) + "\n")
+        written.append(path)
+    return written
+
+
+def load_schema(directory: Path, name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((directory / filename(name)).read_text())
+    return loaded
