@@ -191,5 +191,5 @@ class Popularity(SequentialRecommender):
     def item_embeddings(self) -> Tensor:
         return self.scores.view(-1, 1)
 
-    def calculate_loss(self, batch: Batch) -> Tensor:
+    def calculate_loss(self, batch: Batch, divisor: float | None = None) -> Tensor:
         raise TypeError("Popularity has no trainable parameters: call fit(item_counts) instead")

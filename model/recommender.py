@@ -62,6 +62,14 @@ def gather_last(x: Tensor, lengths: Tensor) -> Tensor:
     return x.gather(1, index).squeeze(1)
 
 
+def target_loss(logits: Tensor, targets: Tensor, divisor: float | None = None) -> Tensor:
+    """Mean cross-entropy (each target weighs 1 / the step's targets), or with a ``divisor``
+    the sum over it: a fixed divisor weighs every target of an epoch the same."""
+    if divisor is None:
+        return F.cross_entropy(logits, targets)
+    return F.cross_entropy(logits, targets, reduction="sum") / divisor
+
+
 class SequentialRecommender(nn.Module, ABC):
     """Item index 0 is padding; scores have one column per index, column 0 = -inf."""
 
@@ -98,13 +106,14 @@ class SequentialRecommender(nn.Module, ABC):
         scores[..., 0] = float("-inf")
         return scores
 
-    def calculate_loss(self, batch: Batch) -> Tensor:
+    def calculate_loss(self, batch: Batch, divisor: float | None = None) -> Tensor:
+        """Cross-entropy over the batch's targets: their mean, or their sum over ``divisor``."""
         seq, lengths, targets = batch["item_seq"], batch["item_seq_len"], batch["targets"]
         if targets.dim() == 1:
-            return F.cross_entropy(self.logits(self.forward(seq, lengths)), targets)
+            return target_loss(self.logits(self.forward(seq, lengths)), targets, divisor)
         hidden = self.all_positions(seq, lengths)
         keep = targets > 0
-        return F.cross_entropy(self.logits(hidden[keep]), targets[keep])
+        return target_loss(self.logits(hidden[keep]), targets[keep], divisor)
 
     @torch.no_grad()
     def full_sort_predict(self, item_seq: Tensor, item_seq_len: Tensor) -> Tensor:

@@ -9,6 +9,12 @@ target the L clicks before it: stride 1 is exact, stride L (the default) cheapes
 early in an older window see fewer clicks (the documented deviation). A model that ``chunks``
 (the streaming GLINT-RU) instead runs each user's whole history in chunks of L with its
 recurrent state carried between chunks (truncated backpropagation).
+
+Steps hold very different numbers of targets (short rows batch together), so a step's mean
+weighs one target by 1 / its step's targets: a short user's clicks count several times more
+than a long user's. ``TargetWeighting.EQUAL`` divides every step's summed loss by one fixed
+divisor instead (the epoch's mean targets per step), so every target weighs the same, as in
+RecBole's one-sample-per-prefix training, at the same overall step size.
 """
 
 from __future__ import annotations
@@ -17,11 +23,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from model.data import sequences_to_batch
-from model.recommender import SequentialRecommender
+from model.recommender import SequentialRecommender, target_loss
+from model.weighting import TargetWeighting
 
 LossStep = Callable[[], Tensor]
 
@@ -70,16 +76,22 @@ def loss_steps(
     batch_size: int,
     rng: np.random.Generator,
     window_stride: int | None = None,
+    weighting: TargetWeighting = TargetWeighting.STEP,
 ) -> Iterator[LossStep]:
     """One epoch: a closure per optimiser step computing its loss (the caller steps)."""
     if model.chunks:
-        yield from _chunked_loss_steps(model, sequences, batch_size, rng)
+        yield from _chunked_loss_steps(model, sequences, batch_size, rng, weighting)
         return
     device = model.item_embeddings().device
-    for batch in batches(windows(sequences, model.max_len, window_stride), batch_size, rng):
+    epoch = list(batches(windows(sequences, model.max_len, window_stride), batch_size, rng))
+    divisor = None
+    if weighting is TargetWeighting.EQUAL and epoch:
+        targets = sum(int((b["targets"] > 0).sum()) for b in epoch)
+        divisor = targets / len(epoch)
+    for batch in epoch:
 
         def loss(b: dict[str, Tensor] = batch) -> Tensor:
-            return model.calculate_loss({k: v.to(device) for k, v in b.items()})
+            return model.calculate_loss({k: v.to(device) for k, v in b.items()}, divisor)
 
         yield loss
 
@@ -89,6 +101,7 @@ def _chunked_loss_steps(
     sequences: list[np.ndarray],
     batch_size: int,
     rng: np.random.Generator,
+    weighting: TargetWeighting,
 ) -> Iterator[LossStep]:
     """Per chunk of L clicks, a closure computing the loss; the state is carried across chunks."""
     L = model.max_len
@@ -96,6 +109,10 @@ def _chunked_loss_steps(
     order = sorted(rng.permutation(len(users)), key=lambda i: len(users[i]))
     groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     device = model.item_embeddings().device
+    divisor = None
+    if weighting is TargetWeighting.EQUAL and groups:
+        chunks = sum(-(-max(len(users[i]) - 1 for i in g) // L) for g in groups)
+        divisor = sum(len(s) - 1 for s in users) / chunks
     for g in rng.permutation(len(groups)):
         chosen = [users[i] for i in groups[g]]
         inputs, lengths = sequences_to_batch([s[:-1] for s in chosen], max_len=10**9)
@@ -112,6 +129,6 @@ def _chunked_loss_steps(
                 state = replace(new_state, vec=new_state.vec.detach())
                 assert out is not None
                 keep = tgt > 0
-                return torch.nn.functional.cross_entropy(model.logits(out[keep]), tgt[keep])
+                return target_loss(model.logits(out[keep]), tgt[keep], divisor)
 
             yield loss

@@ -33,6 +33,7 @@ from model.data import (
 from model.evaluate import evaluate, score_fn
 from model.recommender import SequentialRecommender
 from model.steps import loss_steps
+from model.weighting import TargetWeighting
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class TrainConfig:
     # None: L (windows do not overlap); see the module doc. The streaming variant has no
     # windows: it carries its state over whole histories.
     window_stride: int | None = None
+    target_weighting: TargetWeighting = TargetWeighting.STEP  # see model/steps.py
     lr: float = 1e-3
     weight_decay: float = 0.0
     patience: int = 10  # validations without a better valid NDCG@10
@@ -209,7 +211,9 @@ def _epoch(
     """One pass over the training data; the mean loss."""
     model.train()
     total, n_steps = 0.0, 0
-    steps = loss_steps(model, sequences, config.batch_size, rng, config.window_stride)
+    steps = loss_steps(
+        model, sequences, config.batch_size, rng, config.window_stride, config.target_weighting
+    )
     for loss_fn in tqdm(steps, desc=f"epoch {epoch}", disable=not config.progress, leave=False):
         loss = loss_fn()
         optimizer.zero_grad(set_to_none=True)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from model.catalog import MODELS
+from model.weighting import TargetWeighting
 from stream.cli.context import click_source_options, load_source, pass_settings
 from stream.cli.registry import publish_version
 from stream.settings import Settings
@@ -31,6 +32,13 @@ if TYPE_CHECKING:  # imported by the commands themselves: --help stays fast
     "--window-stride",
     type=click.IntRange(min=1),
     help="Overlap training windows: each trains its newest STRIDE targets [L: no overlap].",
+)
+@click.option(
+    "--target-weighting",
+    type=click.Choice([w.value for w in TargetWeighting]),
+    default=TargetWeighting.STEP.value,
+    show_default=True,
+    help="step: each step's mean; equal: every target weighs the same (a fixed divisor).",
 )
 @click.option("--patience", type=int, default=10, show_default=True, help="In validations.")
 @click.option(
@@ -61,6 +69,7 @@ def train(
     hidden_size: int | None,
     dropout: float | None,
     window_stride: int | None,
+    target_weighting: str,
     patience: int,
     eval_every: int,
     seed: int,
@@ -87,6 +96,7 @@ def train(
         batch_size=batch_size,
         lr=lr,
         window_stride=window_stride,
+        target_weighting=TargetWeighting(target_weighting),
         patience=patience,
         eval_every=eval_every,
         seed=seed,
