@@ -366,6 +366,20 @@ class Soak:
             time.sleep(0.2)
         return time.monotonic() - started
 
+    def _restart(self, worker: WorkerProcess, row: int, why: str) -> float | None:
+        """What a supervisor does: start the worker again. The row's events say how it went;
+        the seconds until it was ready again, or None if it was not."""
+        worker.start()
+        try:
+            ready: float | None = self._wait_ready(worker)
+            outcome = f"ready again in {ready:.1f} s"
+        except (RuntimeError, TimeoutError) as e:
+            ready, outcome = None, f"not ready again: {str(e).splitlines()[0]}"
+        event = f"{why}; {outcome}"
+        log.info("row %d: %s", row, event)
+        self.events[row] = f"{self.events[row]}; {event}" if row in self.events else event
+        return ready
+
     def _client(self, *args: str) -> subprocess.Popen[bytes]:
         name = args[0]
         with (self.work / f"{name}.log").open("ab") as out:
@@ -427,13 +441,14 @@ class Soak:
                 killed = False
                 while producer.poll() is None:
                     row = int((time.time() - start) // c.row_s)
+                    assert worker.proc is not None
                     if c.kill_row is not None and row >= c.kill_row and not killed:
                         killed = True
-                        worker.kill9()
-                        worker.start()
-                        restore_s = self._wait_ready(worker)
-                        self.events[row] = f"kill -9; ready again in {restore_s:.1f} s"
-                        log.info("worker killed and restarted: ready in %.1f s", restore_s)
+                        if worker.proc.poll() is None:
+                            worker.kill9()
+                        restore_s = self._restart(worker, row, "kill -9")
+                    elif (rc := worker.proc.poll()) is not None:
+                        self._restart(worker, row, f"worker exited rc={rc}")
                     self._sample(broker, worker)
                     time.sleep(SAMPLE_S)
                 self._drain(acks_csv, recs_csv, broker, worker)
