@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -62,22 +62,10 @@ def train(
     source: ClickSource,
     model_name: str,
     out: Path | None,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    max_len: int | None,
-    hidden_size: int | None,
-    dropout: float | None,
-    window_stride: int | None,
     target_weighting: str,
-    patience: int,
-    eval_every: int,
-    seed: int,
-    max_minutes: float | None,
-    threads: int,
     no_progress: bool,
-    init_from: Path | None,
     publish: bool,
+    **fields: Any,  # the other options are TrainConfig fields of the same names
 ) -> None:
     """Train a model with leave-one-out by time; saves the best-valid checkpoint."""
     from model.train import TrainConfig
@@ -89,22 +77,10 @@ def train(
         model=model_name,
         data_dir=settings.paths.data_dir,
         out_dir=out or Path("runs") / f"{Path(data.name).stem}-{model_name}",
-        max_len=max_len,
-        hidden_size=hidden_size,
-        dropout=dropout,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        window_stride=window_stride,
         target_weighting=TargetWeighting(target_weighting),
-        patience=patience,
-        eval_every=eval_every,
-        seed=seed,
-        max_minutes=max_minutes,
-        threads=threads,
         device=settings.torch_device(),
         progress=not no_progress,
-        init_from=init_from,
+        **fields,
     )
     metrics = run(config, data)
     if publish:
