@@ -170,6 +170,14 @@ STALLS = Counter(
     ["reason"],
     registry=_C,
 )
+REBALANCES = Counter(
+    "glintstream_rebalances_total",
+    "Consumer-group rebalances this worker went through (each restores the partitions it got).",
+    registry=_C,
+)
+ASSIGNED_PARTITIONS = Gauge(
+    "glintstream_assigned_partitions", "clicks partitions assigned to this worker.", registry=_C
+)
 LAST_COMMIT = Gauge(
     "glintstream_last_commit_timestamp_seconds",
     "Unix time of the last successful Kafka offset commit (the worker's start before the "

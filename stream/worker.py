@@ -328,6 +328,8 @@ class Worker:
             committed = dict(await seek_to_committed())
             ours = {tp for tp in consumer.assignment() if tp.topic == topic}
             partitions = {tp.partition for tp in ours}
+            metrics.REBALANCES.inc()
+            metrics.ASSIGNED_PARTITIONS.set(len(partitions))
             self.health.assigned(partitions)
             self.watchdog.forget(set(self.clock.prepared_at) - partitions)
             self.clock.prepared(set())  # the watchdog waits until they are restored

@@ -339,6 +339,8 @@ def test_prometheus_scrapes_a_processing_worker(
     assert samples['glintstream_clicks_rejected_total{reason="invalid_json"}'] == 1
     assert samples["glintstream_recommendations_total{}"] > 0
     assert samples["glintstream_model_version{}"] == 0  # the fallback checkpoint
+    assert samples["glintstream_rebalances_total{}"] >= 1  # its first assignment
+    assert samples["glintstream_assigned_partitions{}"] > 0
     commit_age = time.time() - samples["glintstream_last_commit_timestamp_seconds{}"]
     assert 0 <= commit_age < QUERY_TIMEOUT_S, "offsets committed while clicks flowed"
     assert sum(v for k, v in samples.items() if k.startswith("glintstream_state_keys")) > 0
