@@ -55,6 +55,7 @@ def test_clients_and_model_changes_without_a_broker_fail_in_one_line(tmp_path: P
         ["produce", "--dataset", "synthetic"],
         ["model", "publish", str(tmp_path / "ckpt")],
         ["model", "status"],
+        ["dlq", "show"],
     ):
         proc = subprocess.run(
             [

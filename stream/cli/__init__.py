@@ -68,6 +68,7 @@ for command in (
     clients.produce,
     clients.tail,
     clients.schemas,
+    clients.dlq,
     models.train,
     models.evaluate,
     registry.model,

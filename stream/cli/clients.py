@@ -1,4 +1,5 @@
-"""`glintstream produce` and `glintstream tail`: put clicks on the stream, watch what comes out."""
+"""`glintstream produce`, `tail`, `dlq` and `schemas`: put clicks on the stream, watch what
+comes out, inspect and replay what was rejected, and the messages' published contracts."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from typing import TYPE_CHECKING
 import click
 
 from stream.cli.context import click_source_options, load_source, pass_settings
+from stream.messages import RejectReason
 from stream.produce import PRODUCE_LINGER_MS
 from stream.settings import Settings
 
 if TYPE_CHECKING:
     from stream.click_sources import ClickSource
+    from stream.dead_letters import Letter
 
 
 @click.command()
@@ -140,3 +143,62 @@ def schemas(out: Path) -> None:
 
     for path in write_schemas(out):
         click.echo(str(path))
+
+
+REASONS = click.Choice([r.value for r in RejectReason])
+
+
+@click.group()
+def dlq() -> None:
+    """Inspect the dead-letter topic, and send its clicks again once their cause is fixed."""
+
+
+@dlq.command()
+@click.option("--reason", type=REASONS, help="Only this reason.")
+@click.option("--limit", type=int, default=20, show_default=True, help="Records listed.")
+@pass_settings
+def show(settings: Settings, reason: str | None, limit: int) -> None:
+    """Count the dead letters by reason and list the first ones."""
+    from stream.dead_letters import count_by_reason
+
+    letters = _letters(settings, reason)
+    for item in letters[:limit]:
+        click.echo(
+            f"p{item.partition}@{item.offset}  {item.letter.reason}  key={item.key!r}  "
+            f"click p{item.letter.click.partition}@{item.letter.click.offset}  "
+            f"{item.letter.detail}"
+        )
+    counts = count_by_reason(letters)
+    summary = ", ".join(f"{r}: {n}" for r, n in counts.most_common()) or "none"
+    click.echo(f"{len(letters)} dead letters in {settings.topics.dlq} ({summary})")
+
+
+@dlq.command()
+@click.option("--reason", type=REASONS, required=True, help="Replay the letters of this reason.")
+@pass_settings
+def replay(settings: Settings, reason: str) -> None:
+    """Produce the original clicks of every dead letter with REASON to the clicks topic again.
+
+    Each run sends them all again: run it once per fix."""
+    from stream.dead_letters import ReplayError
+    from stream.dead_letters import replay as send_again
+
+    letters = _letters(settings, reason)
+    try:
+        sent = send_again(settings, letters)
+    except ReplayError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(
+        f"replayed {sent} of {len(letters)} {reason} dead letters to {settings.topics.clicks}"
+    )
+
+
+def _letters(settings: Settings, reason: str | None) -> list[Letter]:
+    from stream.dead_letters import read_letters
+    from stream.topics import BrokerUnreachable, TopicMissing, ensure_reachable
+
+    try:
+        ensure_reachable(settings)
+        return list(read_letters(settings, None if reason is None else RejectReason(reason)))
+    except (BrokerUnreachable, TopicMissing) as e:
+        raise click.ClickException(str(e)) from None
