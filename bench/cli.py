@@ -276,6 +276,8 @@ def stream(
         f"{overrides}; raw latencies {work_dir}/latency.csv"
     )
     click.echo(result.table())
+    if result.failed:
+        raise SystemExit(1)
 
 
 @bench.command()

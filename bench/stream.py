@@ -171,12 +171,18 @@ class StreamBenchResult:
     latency: list[Latency] = field(default_factory=list)
     accuracy: list[Accuracy] = field(default_factory=list)
     seconds: float = 0.0
+    failed: str = ""  # the phase that failed and why; the phases after it did not run
 
     def rows(self) -> list[tuple[str, str, str]]:
         """(metric, value, target) rows of the one table."""
         t = self.throughput
+        failure = (
+            [("FAILED phase (the later ones not run)", self.failed, "")] if self.failed else []
+        )
+        if "worker" not in t:
+            return failure
         worker = t["worker"]
-        rows = [
+        rows = failure + [
             (
                 "worker throughput at max rate (clicks/s)",
                 f"{worker.rate:,.0f}",
@@ -225,6 +231,8 @@ class StreamBenchResult:
             ("sasrec", "SASRec, full-window recompute", "step / SASRec recompute", None),
         ]
         for key, name, ratio_name, goal in comparisons:
+            if key not in t:
+                continue
             ratio = worker.rate / t[key].rate
             judged = "" if goal is None else _judge(ratio >= goal, f">= {goal:g}x")
             rows.append((f"{name} (clicks/s)", f"{t[key].rate:,.0f}", ""))
@@ -462,12 +470,21 @@ class StreamBench:
             )
             head = min(self.config.throughput_clicks, len(clicks))
             self.replay.produce(head)
+            phases: list[tuple[str, Callable[[], object]]] = [
+                ("floors", lambda: self._floors(head)),
+                ("worker", lambda: self._main_worker(head)),
+                ("recompute", self._recompute),
+            ]
+            if self.config.faithful_checkpoint is not None:
+                phases.append(("faithful", lambda: self._faithful(head)))
             try:
-                self._floors(head)
-                self._main_worker(head)
-                self._recompute()
-                if self.config.faithful_checkpoint is not None:
-                    self._faithful(head)
+                for name, phase in phases:
+                    try:
+                        phase()
+                    except (RuntimeError, TimeoutError) as e:  # a worker exited or stalled
+                        self.result.failed = f"{name}: {str(e).splitlines()[0]}"
+                        log.error("phase %s failed; the later ones are not run: %s", name, e)
+                        break
             finally:
                 for system in self.systems:
                     system.proc.stop_quietly()
@@ -640,7 +657,7 @@ class StreamBench:
             f.write("offered_clicks_per_s,latency_ms\n")
             for lat in self.result.latency:
                 f.writelines(f"{lat.offered:.0f},{ms:.3f}\n" for ms in lat.ms)
-        if self.config.plot is not None:
+        if self.config.plot is not None and self.result.latency:
             from bench.plot import latency_plot
 
             latency_plot(self.result.latency, self.config.plot)

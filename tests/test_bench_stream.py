@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.stream import StreamBench, StreamBenchConfig
+from bench.stream import StreamBench, StreamBenchConfig, StreamBenchResult
 from model.checkpoint import save_checkpoint
 from model.data import synthetic
 from model.glintru import GlintRUConfig, build_glintru
@@ -67,3 +67,9 @@ def test_bench_stream_tiny(tmp_path: Path) -> None:
         assert numbers, metric
         if " online / offline " not in metric:  # accuracy may be 0 for an untrained model
             assert all(n > 0 for n in numbers), (metric, value)
+
+
+def test_a_failed_phase_is_the_first_row_and_what_ran_is_still_reported() -> None:
+    result = StreamBenchResult(failed="worker: worker exited")
+    assert result.rows() == [("FAILED phase (the later ones not run)", "worker: worker exited", "")]
+    assert "worker exited" in result.table()
