@@ -5,6 +5,7 @@ Good enough for dev, CI and the demo; see README "Embedded broker" for what it d
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -57,11 +59,14 @@ class Broker:
         run_dir: str | Path = ".run/broker",
         storage_engine: str = "memory://tansu/",
         env: Mapping[str, str] | None = None,
+        value_schemas: Mapping[str, dict[str, Any]] | None = None,
     ) -> None:
         self.port = port or free_port(self.host)  # 0 = any free port
         self.run_dir = Path(run_dir)
         self.storage_engine = storage_engine  # s3:// engines read AWS_* from the environment
         self.env = dict(env) if env is not None else None  # None: inherit ours
+        # topic -> JSON Schema its values must match, enforced by Tansu's schema registry
+        self.value_schemas = dict(value_schemas or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -90,8 +95,16 @@ class Broker:
         url = f"tcp://{self.host}:{self.port}"
         cmd = [str(tansu_binary()), "broker", "--listener-url", url]
         cmd += ["--advertised-listener-url", url, "--storage-engine", self.storage_engine]
+        if self.value_schemas:
+            cmd += ["--schema-registry", self._write_schemas()]
         with self.log_path.open("ab") as logf:
-            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=self.env)
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.run_dir if self.value_schemas else None,
+            )
         self.pid_path.write_text(f"{self.proc.pid}\n")
         try:
             self._wait_ready(timeout)
@@ -100,6 +113,16 @@ class Broker:
             raise
         log.info("tansu broker ready on %s (pid %d)", self.bootstrap_servers, self.proc.pid)
         return self
+
+    def _write_schemas(self) -> str:
+        """Tansu's file registry: ``TOPIC.json`` whose ``value`` property is the value's schema.
+        Its ``file://`` URLs resolve against the broker's working directory (the run dir)."""
+        directory = self.run_dir / "schemas"
+        directory.mkdir(exist_ok=True)
+        for topic, schema in self.value_schemas.items():
+            wrapped = {"type": "object", "properties": {"value": schema}}
+            (directory / f"{topic}.json").write_text(json.dumps(wrapped))
+        return "file://./schemas"
 
     def _wait_ready(self, timeout: float) -> None:
         assert self.proc is not None

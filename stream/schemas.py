@@ -51,6 +51,14 @@ def json_schema(name: str) -> dict[str, Any]:
     }
 
 
+def bare_schema(name: str) -> dict[str, Any]:
+    """The schema without its ``$schema``, ``$id`` and ``x-`` annotations: to embed in another
+    document (the embedded broker's registry nests it under ``value``)."""
+    return {
+        k: v for k, v in json_schema(name).items() if not k.startswith(("$schema", "$id", "x-"))
+    }
+
+
 def filename(name: str) -> str:
     return f"{name}.schema.json"
 

@@ -174,6 +174,9 @@ class BrokerSettings(BaseSettings):
 
     port: int = 9092
     storage_engine: str = "memory://tansu/"  # loses everything on restart; s3:// persists
+    # Reject clicks that break the published click schema at produce time (INVALID_RECORD to
+    # the producer) instead of dead-lettering them in the worker.
+    enforce_click_schema: bool = False
 
 
 def _worker_env(name: str) -> AliasChoices:

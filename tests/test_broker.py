@@ -8,6 +8,8 @@ from collections import defaultdict
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from stream.broker import Broker
+from stream.schemas import bare_schema
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
@@ -105,3 +107,23 @@ def test_group_resumes_from_committed_offsets(settings: Settings, unique_name) -
     ids = [(m.partition(), m.offset()) for m in before + after]
     assert len(ids) == len(set(ids)) == n  # no duplicates, nothing missing
     assert sorted(int(m.value()) for m in before + after) == list(range(n))
+
+
+def test_the_embedded_broker_can_refuse_clicks_that_break_the_click_schema(tmp_path) -> None:
+    with Broker(port=0, run_dir=tmp_path, value_schemas={"clicks": bare_schema("click")}) as b:
+        ensure_topics({"bootstrap.servers": b.bootstrap_servers}, ["clicks", "other"], 1)
+        producer = Producer({"bootstrap.servers": b.bootstrap_servers, "log_level": 0})
+        outcomes: list[tuple[str, bytes, str | None]] = []
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            outcomes.append((msg.topic() or "", msg.value() or b"", err and err.name()))
+
+        for topic, value in [
+            ("clicks", b'{"user_id": "u1", "item_id": 7, "ts": 1.5, "more": 1}'),
+            ("clicks", b'{"user_id": "u1", "item_id": "i1", "ts": -5}'),
+            ("clicks", b"not json"),
+            ("other", b"not json"),  # topics without a schema take anything
+        ]:
+            producer.produce(topic, key=b"u1", value=value, on_delivery=delivered)
+            producer.flush(10)
+    assert [err for _, _, err in outcomes] == [None, "INVALID_RECORD", "INVALID_RECORD", None]

@@ -31,11 +31,14 @@ def broker(
     pointing at it, the broker is stopped, and COMMAND's exit code is returned.
     """
     from stream.broker import Broker, run_broker
+    from stream.schemas import bare_schema
 
+    enforce = settings.broker.enforce_click_schema
     b = Broker(
         port=settings.broker.port if port is None else port,
         run_dir=run_dir or settings.paths.run_dir / "broker",
         storage_engine=storage_engine or settings.broker.storage_engine,
+        value_schemas={settings.topics.clicks: bare_schema("click")} if enforce else None,
     )
     try:
         code = run_broker(b, list(command))
