@@ -219,6 +219,23 @@ def _key(partition: np.ndarray, offset: np.ndarray) -> np.ndarray:
     return partition.astype(np.int64) * (1 << 40) + offset.astype(np.int64)
 
 
+class LineCounter:
+    """Rows a client has written to its CSV so far, reading only what is new since last time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.lines = path, 0, 0
+
+    def rows(self) -> int:
+        if self.path.exists():
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+            complete = chunk.rfind(b"\n") + 1  # a half-written last line waits for next time
+            self.offset += complete
+            self.lines += chunk[:complete].count(b"\n")
+        return max(self.lines - 1, 0)  # the header
+
+
 def read_rows(path: Path, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
     """A client's CSV as float64 columns (an error text becomes NaN)."""
     with path.open(newline="") as f:
@@ -438,9 +455,18 @@ class Soak:
                     str(acks_csv),
                 )
                 clients.append(producer)
-                killed = False
+                killed, shown = False, 0
+                acks_seen, recs_seen = LineCounter(acks_csv), LineCounter(recs_csv)
                 while producer.poll() is None:
                     row = int((time.time() - start) // c.row_s)
+                    if row > shown:  # the live line; the table's rows are computed at the end
+                        shown = row
+                        log.info(
+                            "after %d rows: %d clicks acked, %d recommendations received",
+                            row,
+                            acks_seen.rows(),
+                            recs_seen.rows(),
+                        )
                     assert worker.proc is not None
                     if c.kill_row is not None and row >= c.kill_row and not killed:
                         killed = True

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_bench_stream import checkpoint
 
-from bench.soak import Soak, SoakConfig
+from bench.soak import LineCounter, Soak, SoakConfig
 from model.data import synthetic
 
 pytestmark = pytest.mark.timeout(300)
@@ -42,3 +42,14 @@ def test_bench_soak_quick(tmp_path: Path) -> None:
     assert len(rows_csv) == 1 + config.rows
     table = result.table()
     assert "| every acked click answered |" in table and "met |" in table
+
+
+def test_the_line_counter_reads_only_complete_new_lines(tmp_path: Path) -> None:
+    path = tmp_path / "acks.csv"
+    counter = LineCounter(path)
+    assert counter.rows() == 0  # not written yet
+    path.write_bytes(b"partition,offset\n0,1\n0,2\n1,")
+    assert counter.rows() == 2
+    with path.open("ab") as f:
+        f.write(b"7\n")
+    assert counter.rows() == 3
