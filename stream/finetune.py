@@ -288,9 +288,7 @@ def run_finetune(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         # finish the batch (or run) in hand, then leave the group cleanly
         signal.signal(signum, lambda *_: stop.set())
-    endpoints.serve(
-        settings.metrics.host, settings.finetune.metrics_port, metrics.FINETUNE_REGISTRY
-    )
+    endpoints.serve(settings.metrics, settings.finetune.metrics_port, metrics.FINETUNE_REGISTRY)
     job = FinetuneJob(settings)
     try:
         job.consume(stop.is_set)

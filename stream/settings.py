@@ -165,6 +165,9 @@ class MetricsSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 9300  # 0 = do not serve
+    # When set, every request must carry "Authorization: Bearer <token>" (the worker's and the
+    # fine-tune job's endpoints); unset, anyone who reaches the port may read them.
+    token: SecretStr | None = None
 
 
 class BrokerSettings(BaseSettings):

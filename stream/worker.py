@@ -389,7 +389,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         if batch.metrics_port is not None:
             metrics.WORKER_REGISTRY.register(ChildMetrics(batch.metrics_port))
         endpoints.serve(
-            settings.metrics.host,
+            settings.metrics,
             settings.metrics.port,
             metrics.WORKER_REGISTRY,
             {"/healthz": health.live, "/readyz": health.ready},

@@ -9,11 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
+from pydantic import SecretStr
 
 from stream import endpoints
 from stream.broker import free_port
 from stream.health import WorkerHealth
 from stream.messages import StallReason as Reason
+from stream.settings import MetricsSettings
 
 
 class Child:
@@ -23,9 +25,15 @@ class Child:
         return self.alive
 
 
-def get(port: int, path: str) -> tuple[int, bytes]:
+LOOPBACK = MetricsSettings(host="127.0.0.1")
+
+
+def get(port: int, path: str, token: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        with urllib.request.urlopen(request, timeout=5) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -38,7 +46,7 @@ def served() -> Iterator[tuple[int, WorkerHealth, Child]]:
     registry = CollectorRegistry()
     Counter("glintstream_test_total", "A counter, to see /metrics served.", registry=registry)
     port = endpoints.serve(
-        "127.0.0.1", free_port(), registry, {"/healthz": health.live, "/readyz": health.ready}
+        LOOPBACK, free_port(), registry, {"/healthz": health.live, "/readyz": health.ready}
     )
     assert port is not None
     yield port, health, child
@@ -91,7 +99,18 @@ def test_metrics_are_served_beside_the_routes(served: tuple[int, WorkerHealth, C
 
 def test_a_busy_port_is_not_fatal() -> None:
     registry = CollectorRegistry()
-    port = endpoints.serve("127.0.0.1", free_port(), registry)
+    port = endpoints.serve(LOOPBACK, free_port(), registry)
     assert port is not None
-    assert endpoints.serve("127.0.0.1", port, registry) is None
-    assert endpoints.serve("127.0.0.1", 0, registry) is None  # 0 = off
+    assert endpoints.serve(LOOPBACK, port, registry) is None
+    assert endpoints.serve(LOOPBACK, 0, registry) is None  # 0 = off
+
+
+def test_with_a_token_every_path_needs_it() -> None:
+    registry = CollectorRegistry()
+    where = MetricsSettings(host="127.0.0.1", token=SecretStr("s3cret"))
+    port = endpoints.serve(where, free_port(), registry, {"/healthz": lambda: (True, {})})
+    assert port is not None
+    for path in ("/metrics", "/healthz"):
+        assert get(port, path)[0] == 401
+        assert get(port, path, token="wrong")[0] == 401
+        assert get(port, path, token="s3cret")[0] == 200
