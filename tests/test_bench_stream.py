@@ -65,7 +65,9 @@ def test_bench_stream_tiny(tmp_path: Path) -> None:
         assert f"| {metric} | {value} |" in table
         numbers = [float(n.replace(",", "")) for n in re.findall(r"[\d,]*\.?\d+", value)]
         assert numbers, metric
-        if " online / offline " not in metric:  # accuracy may be 0 for an untrained model
+        # accuracy may be 0 for an untrained model; the "to the reader" share of the latency
+        # breakdown is a difference of two means and may round to 0 or below
+        if " online / offline " not in metric and "mean ms" not in metric:
             assert all(n > 0 for n in numbers), (metric, value)
 
 
