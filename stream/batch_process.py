@@ -18,9 +18,10 @@ Lifecycle:
 - if it dies anyway, every call raises ``BrokenProcessPool`` and the worker exits for a
   restart (``stream.worker``); the state is crash-consistent by construction.
 
-Metrics: the child serves its registry (``metrics.BATCH_REGISTRY``) on a private loopback port,
-and the worker's public endpoint includes it at every scrape (``ChildMetrics``), so a scrape sees
-one worker.
+Metrics and lookups: the child serves its registry (``metrics.BATCH_REGISTRY``) and the lookups
+of its users (``stream.lookup.LocalLookup``) on a private loopback port; the worker's public
+endpoint includes the registry at every scrape (``ChildMetrics``), so a scrape sees one worker,
+and passes its users' lookups on.
 """
 
 from __future__ import annotations
@@ -39,13 +40,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
-from prometheus_client import start_http_server
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from stream import metrics
+from stream import endpoints, metrics
 from stream.announcements import Announcements
+from stream.lookup import LocalLookup
 from stream.model_source import ModelSource
 from stream.pipeline import BatchPipeline, RawClick
 from stream.publisher import Publisher
@@ -58,6 +59,9 @@ T = TypeVar("T")
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 SCRAPE_TIMEOUT_S = 5.0  # the child answers between two batches' Python work: well under this
+# How long the batch's thread may hold the GIL while the endpoint thread waits for it (Python's
+# default 5 ms would be most of a lookup's latency budget); costs nothing while no one waits.
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ class BatchProcess:
         )
         self._applied: dict[int, int] = {}
         self.pid: int | None = None
-        self.metrics_port: int | None = None
+        self.endpoint_port = 0  # the child's loopback port: metrics and lookups
 
     def start(self) -> int:
         """Spawn the child and build its processor; the model version it serves.
@@ -88,9 +92,11 @@ class BatchProcess:
         Raises what building the processor raised (e.g. no model to serve)."""
         # The first submit spawns the child from this (the main) thread, the one whose death
         # PR_SET_PDEATHSIG watches.
-        self.pid, self.metrics_port, version = self._pool.submit(_child_started).result()
+        self.pid, self.endpoint_port, version = self._pool.submit(_child_started).result()
         log.info(
-            "batch process %d ready (metrics on loopback port %s)", self.pid, self.metrics_port
+            "batch process %d ready (metrics and lookups on loopback port %s)",
+            self.pid,
+            self.endpoint_port,
         )
         return version
 
@@ -184,7 +190,7 @@ def build_pipeline(settings: Settings) -> BatchPipeline:
 
 
 _pipeline: BatchPipeline | None = None  # set by _child_start
-_metrics_port: int | None = None
+_endpoint_port: int | None = None
 _start_error: BaseException | None = None
 
 
@@ -197,15 +203,23 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _child_start(settings: Settings, parent_pid: int, loglevel: str) -> None:
-    global _pipeline, _metrics_port, _start_error
+    global _pipeline, _endpoint_port, _start_error
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=loglevel, format=LOG_FORMAT)
     try:
-        _pipeline = build_pipeline(settings)
-        server, _ = start_http_server(0, "127.0.0.1", registry=metrics.BATCH_REGISTRY)
-        _metrics_port = server.server_port
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        pipeline = _pipeline = build_pipeline(settings)
+        lookup = LocalLookup(
+            pipeline.store,
+            pipeline.popularity,
+            pipeline.prepared,
+            lambda: pipeline.scorer.version,
+            settings.worker.id,
+            settings.worker.top_k,
+        )
+        _endpoint_port = endpoints.serve_private(metrics.BATCH_REGISTRY, lookup)
     except BaseException as e:  # raised again by _child_started, in the worker
         _start_error = e
 
@@ -215,10 +229,11 @@ def _the_pipeline() -> BatchPipeline:
     return _pipeline
 
 
-def _child_started() -> tuple[int, int | None, int]:
+def _child_started() -> tuple[int, int, int]:
     if _start_error is not None:
         raise _start_error
-    return os.getpid(), _metrics_port, _the_pipeline().scorer.version
+    assert _endpoint_port is not None
+    return os.getpid(), _endpoint_port, _the_pipeline().scorer.version
 
 
 def _child_process(batch: list[RawClick], assigned: set[int]) -> Outcome:

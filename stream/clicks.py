@@ -100,6 +100,15 @@ def _id(value: Any, reason: RejectReason, field: str) -> str:
     return value
 
 
+def user_id_problem(value: str) -> str | None:
+    """Why ``value`` can be no user's id (the rules clicks follow), or None."""
+    try:
+        _id(value, RejectReason.BAD_USER_ID, "user_id")
+    except _Invalid as e:
+        return e.rejection.detail
+    return None
+
+
 def _ts(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Invalid(RejectReason.BAD_TS, f"ts must be a number, got {type(value).__name__}")

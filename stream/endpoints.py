@@ -2,7 +2,8 @@
 
 ``/metrics`` is the Prometheus exposition of the process's registry; other paths are JSON
 routes the process registers (``/healthz``, ``/readyz``). A route answers
-``(ok, body)``: 200 when ok, 503 when not, the body as JSON. The server runs in a daemon thread
+``(ok, body)``: 200 when ok, 503 when not, the body as JSON. A worker also answers
+``GET /users/{user_id}/recommendations`` (``stream.lookup``). The server runs in a daemon thread
 (prometheus-client's threading WSGI server), so a slow scrape or probe never waits on the
 process's event loop, and a route must only read state the loop keeps up to date. With a
 token (``metrics_token``) every path answers 401 to a request without ``Authorization: Bearer
@@ -12,9 +13,11 @@ token (``metrics_token``) every path answers 401 to a request without ``Authoriz
 from __future__ import annotations
 
 import hmac
+import http
 import json
 import logging
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -22,6 +25,7 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from stream import lookup as lookups
 from stream.settings import MetricsSettings
 
 log = logging.getLogger(__name__)
@@ -35,8 +39,24 @@ class _QuietHandler(WSGIRequestHandler):
         """Probes every few seconds must not flood the process's log."""
 
 
+def _status(code: int) -> str:
+    return f"{code} {http.HTTPStatus(code).phrase}"
+
+
+def _lookup_request(user_id: str, environ: dict[str, Any]) -> lookups.LookupRequest:
+    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+    partition = query.get("partition", [""])[0]
+    header = "HTTP_" + lookups.FORWARDED_HEADER.upper().replace("-", "_")
+    return lookups.LookupRequest(
+        user_id, int(partition) if partition.isdigit() else None, header in environ
+    )
+
+
 def wsgi_app(
-    registry: CollectorRegistry, routes: Mapping[str, Route], token: str | None = None
+    registry: CollectorRegistry,
+    routes: Mapping[str, Route],
+    token: str | None = None,
+    lookup: lookups.Lookup | None = None,
 ) -> Callable[..., Any]:
     metrics_app = make_wsgi_app(registry)
     expected = None if token is None else f"Bearer {token}".encode()
@@ -46,7 +66,13 @@ def wsgi_app(
         if expected is not None and not hmac.compare_digest(given, expected):
             start_response("401 Unauthorized", [("WWW-Authenticate", "Bearer")])
             return [b"a bearer token is required\n"]
-        route = routes.get(environ.get("PATH_INFO", ""))
+        path = environ.get("PATH_INFO", "")
+        user_id = None if lookup is None else lookups.match(path)
+        if lookup is not None and user_id is not None:
+            answer = lookup(_lookup_request(user_id, environ))
+            start_response(_status(answer.status), [("Content-Type", "application/json")])
+            return [answer.body]
+        route = routes.get(path)
         if route is None:
             return metrics_app(environ, start_response)
         try:
@@ -67,28 +93,34 @@ def serve(
     port: int,
     registry: CollectorRegistry,
     routes: Mapping[str, Route] | None = None,
+    lookup: lookups.Lookup | None = None,
 ) -> int | None:
-    """Serve ``/metrics`` and ``routes`` on http://where.host:port in a daemon thread, behind
-    ``where.token`` when set; port 0 = off.
+    """Serve ``/metrics``, ``routes`` and ``lookup`` on http://where.host:port in a daemon
+    thread, behind ``where.token`` when set; port 0 = off.
 
     Returns the port, or None when off or when the port is busy: a busy port is logged, not
     fatal, since serving recommendations matters more than its metrics.
     """
     if not port:
         return None
-    host = where.host
-    token = None if where.token is None else where.token.get_secret_value()
     try:
-        server = make_server(
-            host,
-            port,
-            wsgi_app(registry, routes or {}, token),
-            ThreadingWSGIServer,
-            handler_class=_QuietHandler,
+        bound = _start(
+            where.host, port, wsgi_app(registry, routes or {}, where.secret_token(), lookup)
         )
     except OSError as e:
-        log.warning("metrics and health endpoints not served on %s:%d: %s", host, port, e)
+        log.warning("metrics and health endpoints not served on %s:%d: %s", where.host, port, e)
         return None
+    log.info("metrics on http://%s:%d/metrics, health on /healthz and /readyz", where.host, bound)
+    return bound
+
+
+def serve_private(registry: CollectorRegistry, lookup: lookups.Lookup | None = None) -> int:
+    """``/metrics`` and ``lookup`` on a free loopback port, for the worker's batch process;
+    the port."""
+    return _start("127.0.0.1", 0, wsgi_app(registry, {}, None, lookup))
+
+
+def _start(host: str, port: int, app: Callable[..., Any]) -> int:
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="endpoints", daemon=True).start()
-    log.info("metrics on http://%s:%d/metrics, health on /healthz and /readyz", host, port)
     return int(server.server_port)

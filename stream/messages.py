@@ -147,3 +147,46 @@ class WorkerStatus(_Message):
     model_version: int
     partitions: list[int]
     ts: float  # unix seconds: a worker repeats it every few seconds while alive
+
+
+class LookupSource(StrEnum):
+    """Where a looked-up recommendation comes from."""
+
+    USER = "user"  # the last recommendation published for this user
+    POPULAR = "popular"  # the user has no state: the items clicked most of late
+
+
+LOOKUP_PATH = "/users/{user_id}/recommendations"  # on a worker's HTTP port (stream.lookup)
+
+
+class UserRecommendations(_Message):
+    """The answer of ``GET LOOKUP_PATH`` on a worker's HTTP port."""
+
+    user_id: str
+    source: LookupSource
+    items: list[str]  # external item ids, best first
+    scores: list[float]  # the model's (user) or each item's share of recent clicks (popular)
+    model_version: int  # of the model that made them; popular: the model served now
+    click: ClickRef | None  # the click they answer (None: popular)
+    click_ts: float | None
+    published_ts: float | None  # when they were made (unix seconds)
+    age_s: float | None  # seconds since published_ts when this answer was made
+    worker_id: str  # the worker that answered (the owner of the user's partition)
+
+    @staticmethod
+    def from_recommendation(
+        recommendation: Recommendation, worker_id: str, now: float
+    ) -> UserRecommendations:
+        r = recommendation
+        return UserRecommendations(
+            user_id=r.user_id,
+            source=LookupSource.USER,
+            items=r.items,
+            scores=r.scores,
+            model_version=r.model_version,
+            click=r.click,
+            click_ts=r.click_ts,
+            published_ts=r.published_ts,
+            age_s=max(0.0, now - r.published_ts),
+            worker_id=worker_id,
+        )

@@ -9,7 +9,8 @@
 3. **score**: the model advances the users and ranks the items (``stream.scoring``);
 4. **publish** the recommendations and dead letters and wait for their acks, then send the
    changelog records (acked too);
-5. **commit** the new user states and applied offsets to RocksDB, one batch per partition.
+5. **commit** the new user states, their latest recommendations and the applied offsets to
+   RocksDB, one batch per partition.
 
 Outputs go first because the changelog says "applied" and a worker restored from it never
 re-sends. A crash before 5 re-applies the batch after the restart and republishes the same
@@ -39,10 +40,18 @@ from stream.messages import (
     ScoringMode,
 )
 from stream.model_source import LoadedModel, LoadFailed, ModelSource
+from stream.popularity import Popularity
 from stream.publisher import DeliveryError, Publisher
 from stream.scoring import Scorer
 from stream.settings import Settings
-from stream.state import ChangelogReader, ChangelogWriter, Records, StateStore, UserRecord
+from stream.state import (
+    ChangelogReader,
+    ChangelogWriter,
+    Latest,
+    Records,
+    StateStore,
+)
+from stream.user_record import UserRecord
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +80,11 @@ class _Outputs:
     """What a batch sends, then persists."""
 
     answered: list[RawClick]  # the valid clicks, one recommendation each
+    clicked: list[str]  # their item ids
     recommendations: list[tuple[bytes | None, bytes]]  # (key, value)
     dead_letters: list[tuple[bytes | None, bytes, str]]  # (key, value, reason)
     records: Records
+    latest: Latest  # each user's last recommendation of the batch
     applied: dict[int, int]  # partition -> last applied offset
 
 
@@ -104,6 +115,7 @@ class BatchPipeline:
         self.announcements = announcements
         self.device = settings.torch_device()
         self.scorer = self._scorer()
+        self.popularity = Popularity(settings.worker.popularity_half_life_s, time.time())
         self._cursors: dict[int, PartitionCursor] = {}
 
     def _scorer(self, loaded: LoadedModel | None = None) -> Scorer:
@@ -159,6 +171,10 @@ class BatchPipeline:
 
     def applied_offsets(self) -> dict[int, int]:
         return {partition: cursor.applied for partition, cursor in self._cursors.items()}
+
+    def prepared(self) -> frozenset[int]:
+        """The partitions restored so far (any thread)."""
+        return frozenset(self._cursors)
 
     def update_store_metrics(self) -> None:
         """Publish the state store's size; between batches, like every store access."""
@@ -236,6 +252,7 @@ class BatchPipeline:
                 )
                 time.sleep(backoff)
                 self.publisher.reset()
+        self.popularity.add(outputs.clicked, time.time())
         valid = len(outputs.recommendations)
         rejected = len(outputs.dead_letters)
         metrics.CLICKS.labels(ClickOutcome.APPLIED).inc(valid)
@@ -265,12 +282,23 @@ class BatchPipeline:
                     f"item {parsed.item_id!r} is not in model version {self.scorer.version}",
                 )
             dead.append((message.key, self._dead_letter(message, parsed), parsed.reason))
-        recommendations, records = self._score(valid) if valid else ([], {})
+        recommendations, records, latest = self._score(valid) if valid else ([], {}, {})
         applied = {m.partition: m.offset for m in admitted}  # in offset order: the last wins
-        return _Outputs([v.message for v in valid], recommendations, dead, records, applied)
+        return _Outputs(
+            [v.message for v in valid],
+            [v.click.item_id for v in valid],
+            recommendations,
+            dead,
+            records,
+            latest,
+            applied,
+        )
 
-    def _score(self, valid: list[_Valid]) -> tuple[list[tuple[bytes | None, bytes]], Records]:
-        """Run the model: one recommendation per click, and the users' new records."""
+    def _score(
+        self, valid: list[_Valid]
+    ) -> tuple[list[tuple[bytes | None, bytes]], Records, Latest]:
+        """Run the model: one recommendation per click, the users' new records and latest
+        recommendations."""
         scorer, topic = self.scorer, self.settings.topics.clicks
         slots: dict[tuple[int, str], int] = {}
         for v in valid:
@@ -282,6 +310,7 @@ class BatchPipeline:
         metrics.MODEL_SECONDS.observe(time.monotonic() - started)
         last_offset: dict[int, int] = {}
         recommendations = []
+        latest: Latest = {}
         for v, top in zip(valid, tops):
             last_offset[slots[(v.message.partition, v.click.user_id)]] = v.message.offset
             # all items may be masked as seen in a tiny catalogue: -inf is not JSON
@@ -296,7 +325,9 @@ class BatchPipeline:
                 published_ts=time.time(),
                 event_id=v.click.event_id,
             )
-            recommendations.append((v.message.key, recommendation.to_bytes()))
+            value = recommendation.to_bytes()
+            recommendations.append((v.message.key, value))
+            latest[(v.message.partition, v.click.user_id)] = value  # in offset order
         with_vec = scorer.mode is ScoringMode.STEP  # recompute keeps no state vector
         records = {
             (partition, user): UserRecord.from_state(
@@ -304,7 +335,7 @@ class BatchPipeline:
             )
             for (partition, user), slot in slots.items()
         }
-        return recommendations, records
+        return recommendations, records, latest
 
     def _dead_letter(self, message: RawClick, rejection: Rejection) -> bytes:
         value = message.value
@@ -332,10 +363,10 @@ class BatchPipeline:
         self.publisher.wait()
         waiting = time.monotonic() - waited
         self.changelog_writer.send(
-            outputs.records, outputs.applied, with_vec=self.scorer.records_need_vec
+            outputs.records, outputs.latest, outputs.applied, with_vec=self.scorer.records_need_vec
         )
         waited = time.monotonic()
         delivered = self.publisher.wait()  # everything above acked by the broker, or raise
         metrics.DELIVERY_WAIT_SECONDS.observe(waiting + time.monotonic() - waited)
         changelog = {p: delivered[(t.state_changelog, p)] for p in outputs.applied}
-        self.store.commit(outputs.records, outputs.applied, changelog)
+        self.store.commit(outputs.records, outputs.latest, outputs.applied, changelog)

@@ -15,28 +15,31 @@ from pydantic import BaseModel
 
 from stream.clicks import ClickContract
 from stream.messages import (
+    LOOKUP_PATH,
     SCHEMA_VERSION,
     DeadLetter,
     ModelUpdate,
     Recommendation,
+    UserRecommendations,
     WorkerStatus,
 )
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
-# message name -> (its model, the topic setting that carries it)
+# message name -> (its model, what carries it: a topic setting or an HTTP path)
 MESSAGES: dict[str, tuple[type[BaseModel], str]] = {
-    "click": (ClickContract, "clicks"),
-    "recommendation": (Recommendation, "recommendations"),
-    "dead-letter": (DeadLetter, "dlq"),
-    "model-update": (ModelUpdate, "model_updates"),
-    "worker-status": (WorkerStatus, "worker_status"),
+    "click": (ClickContract, "topics.clicks"),
+    "recommendation": (Recommendation, "topics.recommendations"),
+    "dead-letter": (DeadLetter, "topics.dlq"),
+    "model-update": (ModelUpdate, "topics.model_updates"),
+    "worker-status": (WorkerStatus, "topics.worker_status"),
+    "user-recommendations": (UserRecommendations, f"GET {LOOKUP_PATH}"),
 }
 
 
 def json_schema(name: str) -> dict[str, Any]:
     """The JSON Schema of one message: what a producer may send (click) or what we emit."""
-    model, topic = MESSAGES[name]
+    model, carrier = MESSAGES[name]
     # a click is what a producer may send; the others are what glintstream writes
     if model is ClickContract:
         schema = model.model_json_schema(mode="validation")
@@ -46,7 +49,7 @@ def json_schema(name: str) -> dict[str, Any]:
         "$schema": DRAFT,
         "$id": f"glintstream/{name}.schema.json",
         "x-schema-version": SCHEMA_VERSION,
-        "x-topic-setting": f"topics.{topic}",
+        "x-carried-by": carrier,
         **schema,
     }
 

@@ -25,7 +25,7 @@ from model.recommender import StreamState
 from stream import metrics
 from stream.messages import ScoringMode
 from stream.model_source import LoadedModel
-from stream.state import UserRecord
+from stream.user_record import UserRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,6 +169,9 @@ class MetricsSettings(BaseSettings):
     # fine-tune job's endpoints); unset, anyone who reaches the port may read them.
     token: SecretStr | None = None
 
+    def secret_token(self) -> str | None:
+        return None if self.token is None else self.token.get_secret_value()
+
 
 class BrokerSettings(BaseSettings):
     """The embedded broker (`glintstream broker`)."""
@@ -242,6 +245,13 @@ class WorkerSettings(BaseSettings):
     # ... and when a partition makes no progress for this long more, the worker exits (75) for a
     # supervisor to restart it (a lost broker is waited for instead: restarting cannot help).
     stall_exit_s: float = 60.0
+    # Lookups (GET /users/{id}/recommendations, stream/lookup.py): where the other workers reach
+    # this one's HTTP port, when it is not http://<metrics host>:<metrics port> (a container, a
+    # host behind NAT); how long a lookup forwarded to the owner of a user may take; and how
+    # fast the popularity of an item, recommended to users without state, fades.
+    advertised_url: str = ""
+    lookup_forward_timeout_s: float = 2.0
+    popularity_half_life_s: float = 3600.0
 
 
 class RocksDBSettings(BaseSettings):

@@ -9,117 +9,42 @@ database already holds to the end, so a restart reads (almost) nothing and a par
 another worker brings its state; a database whose changelog is gone (an in-memory broker was
 restarted) is discarded and rebuilt from the topic.
 
-A record is a fixed header followed by the history and the model state of one user::
-
-    magic "GS" | format u8 | flags u8 | model_version i32 | partition i32 | offset i64 |
-    n i64 | ring_bytes u32 | vec_len u32 | ring (NUL-separated UTF-8 item ids) |
-    vec (vec_len x float32)
-
-``offset`` is the last click applied to this user, ``n`` the clicks applied, ``ring`` the last
-items (external ids, most recent last: a model swap can never misread them, whatever order the
-new model's vocabulary has) and ``vec`` the recurrent state of the model ``model_version``.
-``vec_len == 0`` means "no vector": the changelog ships records without it when the model's
-state is a function of the ring, and the scorer rebuilds it from the ring, as after a model
-change. Records of format 1 (item indices instead of ids) are still read: their indices are
-``legacy_ring``, meaningful only in the vocabulary of their model version. Each database also
-holds two bookkeeping keys, written with the records: the last applied `clicks` offset and the
-last changelog offset it contains. User ids are printable (``stream.clicks``), so keys
-starting with NUL never collide with them.
+A database holds each user's record (``stream.user_record``) under the user id, and two
+bookkeeping keys, written with the records: the last applied `clicks` offset and the
+last changelog offset it contains; and, per user, the last recommendation published for them
+(``LATEST_PREFIX`` + user id: the message as sent), which ``GET /users/{id}/recommendations``
+answers from (``stream.lookup``) and which travels with the changelog like the records. User ids
+are printable (``stream.clicks``), so keys starting with NUL never collide with them.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import struct
+import threading
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import rocksdict
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from model.recommender import StreamState
 from stream.settings import RocksDBSettings, Settings
 from stream.topics import poll_batch
+from stream.user_record import UserRecord
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"GS"
-FORMAT = 2
-LEGACY_FORMAT = 1  # rings of item indices
-SEPARATOR = "\x00"  # between the ring's item ids (ids are printable: never in one)
-_HEADER = struct.Struct("<2sBBiiqqII")
 APPLIED_KEY = b"\x00applied"  # last `clicks` offset applied in this partition
 CHANGELOG_KEY = b"\x00changelog"  # last changelog offset folded into this database
+LATEST_PREFIX = b"\x00latest:"  # + user id: the last recommendation published for the user
 NOTHING = -1  # offset meaning "none yet"
 MIB = 1024 * 1024
 RESTORE_CHUNK = 5000  # records per RocksDB write batch while restoring
 POLL_S = 0.5
-
-
-@dataclass(frozen=True, slots=True)
-class UserRecord:
-    model_version: int
-    partition: int
-    offset: int
-    n: int
-    ring: list[str]  # the last items, external ids, most recent last
-    vec: np.ndarray | None  # float32 (vec_len,); None = rebuild from the ring
-    legacy_ring: np.ndarray | None = None  # format 1: item indices of ``model_version``
-
-    def encode(self, with_vec: bool = True) -> bytes:
-        vec = self.vec if with_vec and self.vec is not None else None
-        ring = SEPARATOR.join(self.ring).encode()
-        header = _HEADER.pack(
-            MAGIC,
-            FORMAT,
-            0,
-            self.model_version,
-            self.partition,
-            self.offset,
-            self.n,
-            len(ring),
-            0 if vec is None else len(vec),
-        )
-        return header + ring + (b"" if vec is None else np.ascontiguousarray(vec, "<f4").tobytes())
-
-    @staticmethod
-    def from_state(
-        state: StreamState,
-        slot: int,
-        vocab: list[str],
-        version: int,
-        partition: int,
-        offset: int,
-        with_vec: bool,
-    ) -> UserRecord:
-        """User ``slot`` of a batched state on the CPU; its ring as item ids of ``vocab``."""
-        ring = [vocab[i] for i in state.ring[slot].tolist() if i > 0]
-        vec = state.vec[slot].numpy() if with_vec else None
-        return UserRecord(version, partition, offset, int(state.n[slot]), ring, vec)
-
-    @staticmethod
-    def decode(raw: bytes) -> UserRecord:
-        magic, fmt, _, version, partition, offset, n, ring_len, vec_len = _HEADER.unpack_from(raw)
-        if magic != MAGIC or fmt not in (LEGACY_FORMAT, FORMAT):
-            raise ValueError(f"not a user record (magic {magic!r}, format {fmt})")
-        ring_bytes = 4 * ring_len if fmt == LEGACY_FORMAT else ring_len
-        expected = _HEADER.size + ring_bytes + 4 * vec_len
-        if len(raw) != expected:
-            raise ValueError(f"user record has {len(raw)} bytes, expected {expected}")
-        end = _HEADER.size + ring_bytes
-        vec = np.frombuffer(raw, "<f4", vec_len, end) if vec_len else None
-        if fmt == LEGACY_FORMAT:
-            indices = np.frombuffer(raw, "<i4", ring_len, _HEADER.size)
-            return UserRecord(version, partition, offset, n, [], vec, indices[indices > 0])
-        blob = raw[_HEADER.size : end].decode()
-        return UserRecord(version, partition, offset, n, blob.split(SEPARATOR) if blob else [], vec)
 
 
 def rocksdb_options(options: RocksDBSettings, cache: rocksdict.Cache) -> rocksdict.Options:
@@ -144,6 +69,9 @@ class PartitionStore:
         self.path = path
         self.partition = partition
         self._options = options
+        # Lookups read from the endpoint thread: the lock keeps them off a database being
+        # wiped or closed (RocksDB itself takes concurrent reads and writes).
+        self._lock = threading.Lock()
         self._db = rocksdict.Rdict(str(path), options=options)
         self.applied_offset = self._read_offset(APPLIED_KEY)
         self.changelog_offset = self._read_offset(CHANGELOG_KEY)
@@ -162,6 +90,13 @@ class PartitionStore:
     def get(self, user_id: str) -> UserRecord | None:
         raw = self._db.get(user_id.encode())
         return None if raw is None else UserRecord.decode(raw)
+
+    def latest(self, user_id: str) -> bytes | None:
+        """The last recommendation published for the user (from any thread)."""
+        with self._lock:
+            value = self._db.get(LATEST_PREFIX + user_id.encode())
+        assert value is None or isinstance(value, bytes)  # raw mode
+        return value
 
     def records(self) -> Iterator[tuple[str, UserRecord]]:
         """Every user record (not the bookkeeping keys), in key order."""
@@ -193,16 +128,19 @@ class PartitionStore:
 
     def wipe(self) -> None:
         """Drop everything (the changelog it mirrored is gone); reopen empty."""
-        self._db.close()
-        shutil.rmtree(self.path)
-        self._db = rocksdict.Rdict(str(self.path), options=self._options)
+        with self._lock:
+            self._db.close()
+            shutil.rmtree(self.path)
+            self._db = rocksdict.Rdict(str(self.path), options=self._options)
         self.applied_offset = self.changelog_offset = NOTHING
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
 
 Records = dict[tuple[int, str], UserRecord]  # (partition, user id) -> record
+Latest = dict[tuple[int, str], bytes]  # (partition, user id) -> last recommendation sent
 
 
 class StateStore:
@@ -225,11 +163,22 @@ class StateStore:
     def get(self, partition: int, user_id: str) -> UserRecord | None:
         return self.partition(partition).get(user_id)
 
-    def commit(self, records: Records, applied: dict[int, int], changelog: dict[int, int]) -> None:
-        """After the changelog acked them: each partition's records and offsets, atomically."""
+    def latest(self, partition: int, user_id: str) -> bytes | None:
+        """The user's last recommendation, from a partition already open (any thread: it never
+        opens one)."""
+        store = self._partitions.get(partition)
+        return None if store is None else store.latest(user_id)
+
+    def commit(
+        self, records: Records, latest: Latest, applied: dict[int, int], changelog: dict[int, int]
+    ) -> None:
+        """After the changelog acked them: each partition's records, latest recommendations
+        and offsets, atomically."""
         by_partition: dict[int, dict[bytes, bytes]] = defaultdict(dict)
         for (partition, user), record in records.items():
             by_partition[partition][user.encode()] = record.encode()
+        for (partition, user), recommendation in latest.items():
+            by_partition[partition][LATEST_PREFIX + user.encode()] = recommendation
         for partition, offset in applied.items():
             self.partition(partition).write(
                 by_partition[partition],
@@ -261,10 +210,15 @@ class ChangelogWriter:
         self.topic = topic
         self._sender = sender
 
-    def send(self, records: Records, applied: dict[int, int], with_vec: bool) -> None:
+    def send(
+        self, records: Records, latest: Latest, applied: dict[int, int], with_vec: bool
+    ) -> None:
         for (partition, user), record in records.items():
             value = record.encode(with_vec=with_vec)
             self._sender.send(self.topic, user.encode(), value, partition=partition)
+        for (partition, user), recommendation in latest.items():
+            key = LATEST_PREFIX + user.encode()
+            self._sender.send(self.topic, key, recommendation, partition=partition)
         # the applied offsets too, so a new owner knows where to resume
         for partition, offset in applied.items():
             self._sender.send(self.topic, APPLIED_KEY, str(offset).encode(), partition=partition)

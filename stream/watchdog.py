@@ -23,6 +23,7 @@ and exits when asked.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -31,6 +32,20 @@ from stream import metrics
 from stream.messages import StallReason as Reason
 
 log = logging.getLogger(__name__)
+
+
+class PartitionClock:
+    """When each prepared clicks partition last received a click (or was prepared), for the
+    watchdog; written by the consumer loop, one dict store per click."""
+
+    def __init__(self) -> None:
+        self.arrivals: dict[int, float] = {}
+        self.prepared_at: dict[int, float] = {}
+
+    def prepared(self, partitions: set[int]) -> None:
+        now = time.monotonic()
+        self.prepared_at = {p: now for p in partitions}
+        self.arrivals = {p: now for p in partitions}
 
 
 @dataclass(frozen=True, slots=True)

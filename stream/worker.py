@@ -40,10 +40,11 @@ from stream import endpoints, metrics
 from stream.batch_process import BatchProcess, ChildMetrics
 from stream.batcher import MicroBatcher
 from stream.health import WorkerHealth
+from stream.lookup import LookupRouter, advertised_url
 from stream.pipeline import RawClick
 from stream.settings import Settings
-from stream.topics import ensure_worker_topics
-from stream.watchdog import PartitionView, StallReport, Watchdog
+from stream.topics import ensure_worker_topics, partition_count
+from stream.watchdog import PartitionClock, PartitionView, StallReport, Watchdog
 from stream.worker_status import status_record
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,12 @@ WATCH_INTERVAL_S = 1.0  # the watchdog's look at the partitions; also the loop's
 HEARTBEAT_TIMEOUT_S = 10.0
 
 
-def faust_app(settings: Settings, app_id: str, datadir: Path) -> faust.App:
+def faust_app(
+    settings: Settings, app_id: str, datadir: Path, canonical_url: str | None = None
+) -> faust.App:
     """A faust app with the engine settings this broker needs (the pass-through floor of the
-    benchmark uses the same, so the comparison is engine against engine)."""
+    benchmark uses the same, so the comparison is engine against engine). ``canonical_url``:
+    where the others reach this worker's endpoints (spread with the group assignment)."""
     return faust.App(
         app_id,
         broker=settings.kafka.faust_broker_url(),
@@ -78,21 +82,8 @@ def faust_app(settings: Settings, app_id: str, datadir: Path) -> faust.App:
         producer_acks=-1,
         web_enabled=False,
         datadir=str(datadir),
+        canonical_url=canonical_url,
     )
-
-
-class PartitionClock:
-    """When each prepared clicks partition last received a click (or was prepared), for the
-    watchdog; written by the consumer loop, one dict store per click."""
-
-    def __init__(self) -> None:
-        self.arrivals: dict[int, float] = {}
-        self.prepared_at: dict[int, float] = {}
-
-    def prepared(self, partitions: set[int]) -> None:
-        now = time.monotonic()
-        self.prepared_at = {p: now for p in partitions}
-        self.arrivals = {p: now for p in partitions}
 
 
 class Worker:
@@ -117,10 +108,17 @@ class Worker:
         # faust keeps nothing in its datadir (no tables), but two workers must never share one
         datadir = settings.paths.state_dir / w.id / "faust"
         datadir.mkdir(parents=True, exist_ok=True)
-        self.app = faust_app(settings, w.app_id, datadir)
+        self.app = faust_app(settings, w.app_id, datadir, advertised_url(settings))
         self._seams()
         self._timers()
         self._agent()
+
+    def owners(self) -> dict[int, str]:
+        """{clicks partition: advertised URL of its worker}, as of the last rebalance (faust
+        spreads every member's URL and partitions with the assignment; any thread)."""
+        members = self.app.assignor.external_topics_metadata()  # type: ignore[attr-defined]
+        topic = self.settings.topics.clicks
+        return {p: url for url, topics in members.items() for p in topics.get(topic, ())}
 
     # ------------------------------------------------------------------ the agent
     def _agent(self) -> None:
@@ -386,15 +384,25 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         ensure_worker_topics(settings)
         health = WorkerHealth(HEARTBEAT_TIMEOUT_S, batch.alive)
         health.model_loaded(version)
-        if batch.metrics_port is not None:
-            metrics.WORKER_REGISTRY.register(ChildMetrics(batch.metrics_port))
+        metrics.WORKER_REGISTRY.register(ChildMetrics(batch.endpoint_port))
+        worker = Worker(settings, batch, health)
+        router = LookupRouter(
+            partition_count(settings, settings.topics.clicks),
+            f"http://127.0.0.1:{batch.endpoint_port}",
+            advertised_url(settings),
+            health.restored_partitions,
+            worker.owners,
+            settings.worker.lookup_forward_timeout_s,
+            settings.metrics.secret_token(),
+        )
         endpoints.serve(
             settings.metrics,
             settings.metrics.port,
             metrics.WORKER_REGISTRY,
             {"/healthz": health.live, "/readyz": health.ready},
+            router,
         )
-        app = Worker(settings, batch, health).app
+        app = worker.app
         faust.Worker(app, loglevel=loglevel, redirect_stdouts=False).execute_from_commandline()
     finally:
         batch.close()

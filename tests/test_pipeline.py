@@ -18,7 +18,8 @@ from stream.model_source import ModelSource
 from stream.pipeline import BatchPipeline, RawClick
 from stream.publisher import DeliveryError
 from stream.settings import Settings, load_settings
-from stream.state import APPLIED_KEY, PartitionStore, StateStore, UserRecord
+from stream.state import APPLIED_KEY, PartitionStore, StateStore
+from stream.user_record import UserRecord
 
 VOCAB = ["<pad>"] + [f"i{i}" for i in range(1, 21)]
 P = 0  # the partition the clicks are on

@@ -15,7 +15,7 @@ from stream import metrics
 from stream.messages import ScoringMode
 from stream.model_source import LoadedModel, Served
 from stream.scoring import Scorer
-from stream.state import UserRecord
+from stream.user_record import UserRecord
 
 NUM_ITEMS = 25
 MAX_LEN = 6  # short, so histories cross the window

@@ -1,9 +1,9 @@
-"""User records round-trip through bytes; the RocksDB store keeps records and offsets together;
-the changelog reader (with a fake consumer) brings a database up to its changelog."""
+"""The RocksDB store keeps records, latest recommendations and offsets together; the changelog
+reader (with a fake consumer) brings a database up to its changelog."""
 
 from __future__ import annotations
 
-import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,48 +17,22 @@ from stream.state import (
     ChangelogReader,
     RestoreError,
     StateStore,
-    UserRecord,
 )
+from stream.user_record import UserRecord
 
 OPTIONS = RocksDBSettings(block_cache_mb=8, write_buffer_mb=1, max_write_buffers=2)
 
 
-def make_record(with_vec: bool = True, ring: list[str] | None = None) -> UserRecord:
-    ring = ["1196", "é-ü", "sku:42", "7", "260"] if ring is None else ring
-    vec = np.linspace(-1, 1, 7, dtype=np.float32) if with_vec else None
-    return UserRecord(model_version=3, partition=2, offset=41, n=9, ring=ring, vec=vec)
-
-
-def test_record_round_trip_with_and_without_vector() -> None:
-    rec = make_record()
-    back = UserRecord.decode(rec.encode())
-    assert (back.model_version, back.partition, back.offset, back.n) == (3, 2, 41, 9)
-    assert back.ring == rec.ring and back.legacy_ring is None
-    np.testing.assert_array_equal(back.vec, rec.vec)
-    compact = UserRecord.decode(rec.encode(with_vec=False))
-    assert compact.vec is None and compact.ring == rec.ring
-    assert UserRecord.decode(make_record(ring=[]).encode()).ring == []
-
-
-def test_format_1_records_keep_their_item_indices() -> None:
-    """Records written before rings held item ids: the indices of their own model version."""
-    ring = np.array([0, 0, 5, 3], dtype="<i4")
-    header = struct.pack("<2sBBiiqqII", b"GS", 1, 0, 3, 2, 41, 2, len(ring), 0)
-    old = UserRecord.decode(header + ring.tobytes())
-    assert old.ring == [] and old.legacy_ring is not None and old.legacy_ring.tolist() == [5, 3]
-
-
-@pytest.mark.parametrize("raw", [b"", b"XX" + b"\0" * 40, make_record().encode()[:-1]])
-def test_garbage_records_are_refused(raw: bytes) -> None:
-    with pytest.raises((ValueError, struct.error)):
-        UserRecord.decode(raw)
+RECORD = UserRecord(
+    model_version=3, partition=2, offset=41, n=9, ring=["1196", "7"], vec=np.ones(3, "<f4")
+)
 
 
 def test_store_persists_records_and_offsets_across_reopen(tmp_path: Path) -> None:
     store = StateStore(tmp_path, OPTIONS)
     part = store.partition(2)
     assert (part.applied_offset, part.changelog_offset) == (NOTHING, NOTHING)
-    part.write({b"u1": make_record().encode()}, applied_offset=41, changelog_offset=7)
+    part.write({b"u1": RECORD.encode()}, applied_offset=41, changelog_offset=7)
     store.close()
 
     store = StateStore(tmp_path, OPTIONS)
@@ -71,6 +45,26 @@ def test_store_persists_records_and_offsets_across_reopen(tmp_path: Path) -> Non
     assert store.partition(0).applied_offset == NOTHING  # partitions are separate databases
     part.wipe()
     assert part.get("u1") is None and part.applied_offset == NOTHING
+    store.close()
+
+
+def test_latest_recommendations_commit_with_the_records_and_read_from_any_thread(
+    tmp_path: Path,
+) -> None:
+    store = StateStore(tmp_path, OPTIONS)
+    assert store.latest(2, "u1") is None  # a partition not open yet is never opened by a read
+    store.commit({(2, "u1"): RECORD}, {(2, "u1"): b'{"items": ["7"]}'}, {2: 41}, {2: 8})
+    part = store.partition(2)
+    assert (part.applied_offset, part.changelog_offset) == (41, 8)
+    read: list[bytes | None] = []
+    reader = threading.Thread(target=lambda: read.append(store.latest(2, "u1")))
+    reader.start()
+    reader.join()
+    assert read == [b'{"items": ["7"]}']
+    assert store.latest(2, "u2") is None
+    assert [user for user, _ in part.records()] == ["u1"]  # the latest key is no user
+    part.wipe()
+    assert store.latest(2, "u1") is None
     store.close()
 
 
@@ -140,7 +134,7 @@ class FakeChangelog:
 
 
 def changelog_of(users: dict[str, int], applied: int) -> list[tuple[bytes, bytes]]:
-    records = [(u.encode(), make_record().encode()) for u in users]
+    records = [(u.encode(), RECORD.encode()) for u in users]
     return [*records, (APPLIED_KEY, str(applied).encode())]
 
 
@@ -153,7 +147,7 @@ def test_catch_up_reads_only_what_the_database_lacks(tmp_path: Path) -> None:
     part = store.partition(0)
     assert part.get("u2") is not None and part.applied_offset == 41
     assert part.changelog_offset == 2
-    logs[0] += [(b"u3", make_record().encode())]
+    logs[0] += [(b"u3", RECORD.encode())]
     assert reader.catch_up([part]) == 1  # a restart reads only the new record ...
     assert changelog.assigned == [(0, 3)]  # ... from the offset after the one it holds
     assert reader.catch_up([part]) == 0
@@ -165,7 +159,7 @@ def test_a_database_ahead_of_its_changelog_is_discarded_and_rebuilt(tmp_path: Pa
     nothing now, so the partition starts over from what the topic holds."""
     store = StateStore(tmp_path, OPTIONS)
     part = store.partition(0)
-    part.write({b"old": make_record().encode()}, applied_offset=99, changelog_offset=50)
+    part.write({b"old": RECORD.encode()}, applied_offset=99, changelog_offset=50)
     reader = ChangelogReader("state", 10, FakeChangelog({0: changelog_of({"new": 1}, 7)}))
     assert reader.catch_up([part]) == 2
     assert part.get("old") is None and part.get("new") is not None

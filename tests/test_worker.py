@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,10 @@ from hypothesis import strategies as st
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.data import synthetic
 from model.glintru import GlintRU, GlintRUConfig, build_glintru
+from stream.broker import free_port
 from stream.clicks import Rejection, parse_click
-from stream.messages import RejectReason
+from stream.lookup import lookup_path
+from stream.messages import LookupSource, RejectReason
 from stream.settings import RocksDBSettings
 from stream.state import StateStore
 from stream.testkit import (
@@ -100,7 +103,7 @@ class Scenario:
     checked: int = 0  # recommendations already verified
 
     def worker(self, worker_id: str) -> WorkerProcess:
-        return WorkerProcess(self.env, worker_id, self.log_dir)
+        return WorkerProcess(self.env, worker_id, self.log_dir, port=free_port())
 
     def produce_phase(self, phase: int, pace_s: float = 0.0) -> None:
         for ts, user, item in self.data_chunks[phase]:
@@ -195,7 +198,7 @@ def scenario(
         GLINTSTREAM_MODEL_STORE=f"file://{root / 'store'}",
         GLINTSTREAM_WORKER_STATUS_INTERVAL_S=1,
     )
-    a = WorkerProcess(env, "a", root).start()
+    a = WorkerProcess(env, "a", root, port=free_port()).start()
     a.wait_ready()  # also creates the topics
     ledger = Ledger()
     s = Scenario(
@@ -320,12 +323,44 @@ def test_4_second_worker_joins_and_leaves_keeping_state(scenario: Scenario) -> N
     scenario.check_outputs(expected_version=0)
     scenario.check_exactly_once()
 
+    check_lookups(scenario, [scenario.a, b])
+
     assert b.terminate() == 0
     scenario.data_chunks[3] = chunk[half:]
     scenario.produce_phase(3)
     scenario.wait_outputs()
     scenario.check_outputs(expected_version=0)
     scenario.check_exactly_once()
+
+
+def check_lookups(scenario: Scenario, workers: list[WorkerProcess]) -> None:
+    """Every worker answers for every user: the last recommendation published for them, from
+    the worker that holds their partition; a user without clicks gets popular items."""
+    latest = {}
+    for msg in scenario.recs.messages:  # in offset order per user: the last one wins
+        out = json.loads(msg.value())
+        latest[out["user_id"]] = out
+
+    def lookup(w: WorkerProcess, user: str) -> dict:
+        url = f"http://127.0.0.1:{w.port}{lookup_path(user)}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            got: dict = json.loads(response.read())
+        scenario.contract("user-recommendations", got)
+        return got
+
+    answered_by = set()
+    for w in workers:
+        for user, sent in latest.items():
+            deadline = time.monotonic() + 10  # the store commits just after the topic has it
+            while (got := lookup(w, user))["click"] != sent["click"]:
+                assert time.monotonic() < deadline, (user, got, sent)
+                time.sleep(0.1)
+            assert got["source"] == LookupSource.USER and got["items"] == sent["items"], user
+            answered_by.add(got["worker_id"])
+        cold = lookup(w, "no-clicks-yet")
+        assert cold["source"] == LookupSource.POPULAR and cold["items"]
+        assert set(cold["items"]) <= set(scenario.vocab)
+    assert answered_by == {w.worker_id for w in workers}  # each holds some users
 
 
 def serve_a_first_phase(scenario: Scenario) -> None:

@@ -23,7 +23,8 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from model.glintru import GlintRU
 from stream.settings import RocksDBSettings
-from stream.state import StateStore, UserRecord
+from stream.state import StateStore
+from stream.user_record import UserRecord
 
 GLINTSTREAM = str(Path(sys.executable).parent / "glintstream")
 READY_LINE = "[^Worker]: Ready"
@@ -41,8 +42,11 @@ class WorkerProcess:
         worker_id: str,
         log_dir: Path,
         command: list[str] | None = None,
+        port: int = 0,
     ) -> None:
-        self.env = env
+        """``port``: its HTTP endpoints (metrics, health, lookups); 0 = as ``env`` says."""
+        self.env = {**env, "GLINTSTREAM_METRICS_PORT": str(port)} if port else env
+        self.port = port
         self.worker_id = worker_id
         self.log_path = log_dir / f"{worker_id}.log"
         self.command = command or [GLINTSTREAM, "worker", "--worker-id", worker_id]

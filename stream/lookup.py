@@ -1,0 +1,199 @@
+"""``GET /users/{user_id}/recommendations``: one user's latest recommendations, on request.
+
+Like faust's table views and Kafka Streams' interactive queries, every worker answers for every
+user, and the answer comes from the one worker that owns the user's state:
+
+- the user's partition is the one their clicks are keyed to: librdkafka's default partitioner
+  (``consistent_random``: CRC-32 of the key modulo the partition count), which every glintstream
+  producer and every confluent-kafka/librdkafka client uses by default. Producers with another
+  partitioner (Java's murmur2) put users elsewhere; their lookups then find no state;
+- a partition this worker holds is answered by its batch process (``LocalLookup``, on the
+  child's loopback port): the last recommendation published for the user, read from its RocksDB
+  (``stream.state``), or, for a user it holds no state for, the items clicked most of late
+  (``stream.popularity``);
+- any other partition is forwarded once to its owner, found in the group assignment faust
+  spreads to every member (each worker advertises ``worker.advertised_url``); a forwarded
+  request is never forwarded again, so two workers with different views of a rebalance answer
+  503 instead of bouncing it between them.
+
+Answers are ``UserRecommendations`` (``stream.messages``, schema in deploy/schemas/) with 200;
+errors are ``{"error": ...}`` with 400 (not a user id), 503 (partition not ready or owned by
+nobody yet, owner unreachable) and the owner's own status when forwarded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from stream.clicks import user_id_problem
+from stream.messages import (
+    LOOKUP_PATH,
+    LookupSource,
+    Recommendation,
+    UserRecommendations,
+)
+from stream.settings import Settings
+
+if TYPE_CHECKING:  # the worker's own process answers through its batch process: no store here
+    from stream.popularity import Popularity
+    from stream.state import StateStore
+
+FORWARDED_HEADER = "X-Glintstream-Forwarded"
+ANY_HOST = ("0.0.0.0", "::", "")  # bound to every interface: advertise the host's name
+# the path with the user id captured: greedy, so an id holding "/" (sent as %2F, which the
+# server has decoded by now) still ends before the final "/recommendations"
+_PATH = re.compile("^" + re.escape(LOOKUP_PATH).replace(re.escape("{user_id}"), "(.+)") + "$")
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes  # JSON
+
+    @staticmethod
+    def error(status: int, message: str) -> Answer:
+        return Answer(status, json.dumps({"error": message}).encode())
+
+
+@dataclass(frozen=True, slots=True)
+class LookupRequest:
+    user_id: str
+    partition: int | None  # set by the worker when it asks its own batch process
+    forwarded: bool  # came from another worker: answer here or fail, never forward again
+
+
+Lookup = Callable[[LookupRequest], Answer]
+
+
+def match(path: str) -> str | None:
+    """The user id of a lookup path (as the WSGI server decoded it), or None."""
+    found = _PATH.match(path)
+    if found is None:
+        return None
+    # WSGI servers decode the path as latin-1: recover the UTF-8 the client sent
+    return found.group(1).encode("latin-1").decode("utf-8", errors="replace")
+
+
+def lookup_path(user_id: str) -> str:
+    return LOOKUP_PATH.format(user_id=urllib.parse.quote(user_id, safe=""))
+
+
+def advertised_url(settings: Settings) -> str:
+    """Where the other workers reach this one's endpoints."""
+    metrics = settings.metrics
+    if settings.worker.advertised_url:
+        return settings.worker.advertised_url
+    host = socket.getfqdn() if metrics.host in ANY_HOST else metrics.host
+    return f"http://{host}:{metrics.port}"
+
+
+def partition_for(user_id: str, partitions: int) -> int:
+    """The partition librdkafka's default partitioner sends the user's clicks to."""
+    return zlib.crc32(user_id.encode()) % partitions
+
+
+class LocalLookup:
+    """Answers for the partitions of this worker, from its store (the batch process)."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        popularity: Popularity,
+        prepared: Callable[[], frozenset[int]],
+        model_version: Callable[[], int],
+        worker_id: str,
+        top_k: int,
+    ) -> None:
+        self._store = store
+        self._popularity = popularity
+        self._prepared = prepared
+        self._model_version = model_version
+        self._worker_id = worker_id
+        self._top_k = top_k
+
+    def __call__(self, request: LookupRequest) -> Answer:
+        partition = request.partition
+        if partition is None or partition not in self._prepared():
+            return Answer.error(503, f"partition {partition} is not restored on this worker")
+        raw = self._store.latest(partition, request.user_id)
+        now = time.time()
+        if raw is not None:
+            recommendation = Recommendation.model_validate_json(raw)
+            answer = UserRecommendations.from_recommendation(recommendation, self._worker_id, now)
+        else:
+            popular = self._popularity.top(self._top_k)
+            answer = UserRecommendations(
+                user_id=request.user_id,
+                source=LookupSource.POPULAR,
+                items=[item for item, _ in popular],
+                scores=[share for _, share in popular],
+                model_version=self._model_version(),
+                click=None,
+                click_ts=None,
+                published_ts=None,
+                age_s=None,
+                worker_id=self._worker_id,
+            )
+        return Answer(200, answer.to_bytes())
+
+
+class LookupRouter:
+    """Answers on the worker's public port: its own partitions through its batch process,
+    the others forwarded to their owners."""
+
+    def __init__(
+        self,
+        partitions: int,
+        local_url: str,
+        own_url: str,
+        assigned: Callable[[], frozenset[int]],
+        owners: Callable[[], Mapping[int, str]],
+        timeout_s: float,
+        token: str | None,
+    ) -> None:
+        self._partitions = partitions
+        self._local_url = local_url  # the batch process's loopback endpoint
+        self._own_url = own_url
+        self._assigned = assigned
+        self._owners = owners  # partition -> advertised URL of the worker that holds it
+        self._timeout_s = timeout_s
+        self._token = token
+
+    def __call__(self, request: LookupRequest) -> Answer:
+        problem = user_id_problem(request.user_id)
+        if problem is not None:
+            return Answer.error(400, problem)
+        partition = partition_for(request.user_id, self._partitions)
+        path = lookup_path(request.user_id)
+        if partition in self._assigned():
+            return self._get(f"{self._local_url}{path}?partition={partition}", forwarded=False)
+        if request.forwarded:
+            return Answer.error(503, f"partition {partition} is not on this worker (rebalancing)")
+        owner = self._owners().get(partition)
+        if owner is None or owner.rstrip("/") == self._own_url.rstrip("/"):
+            return Answer.error(503, f"partition {partition} has no owner yet (rebalancing)")
+        return self._get(f"{owner.rstrip('/')}{path}", forwarded=True)
+
+    def _get(self, url: str, forwarded: bool) -> Answer:
+        headers = {FORWARDED_HEADER: "1"} if forwarded else {}
+        if forwarded and self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(url, headers=headers), timeout=self._timeout_s
+            ) as response:
+                return Answer(response.status, response.read())
+        except urllib.error.HTTPError as e:  # the other side's answer, passed on as it is
+            return Answer(e.code, e.read())
+        except OSError as e:
+            return Answer.error(503, f"{url.split('/users/')[0]} did not answer: {e}")
