@@ -51,7 +51,7 @@ from model.checkpoint import save_checkpoint
 from model.data import SequenceData, load_dataset, synthetic
 from model.glintru import GlintRUConfig, build_glintru
 from stream.broker import Broker
-from stream.state import UserRecord
+from stream.user_record import UserRecord
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ import numpy as np
 from confluent_kafka import KafkaException
 
 from bench.junk import Junk
-from stream.state import UserRecord
 from stream.testkit import (
     ClickProducer,
     Ledger,
@@ -29,6 +28,7 @@ from stream.testkit import (
     stored_records,
     worker_env,
 )
+from stream.user_record import UserRecord
 
 log = logging.getLogger(__name__)
 
