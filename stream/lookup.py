@@ -43,6 +43,7 @@ from stream.messages import (
     UserRecommendations,
 )
 from stream.settings import Settings
+from stream.topics import partition_count
 
 if TYPE_CHECKING:  # the worker's own process answers through its batch process: no store here
     from stream.popularity import Popularity
@@ -169,6 +170,25 @@ class LookupRouter:
         self._timeout_s = timeout_s
         self._token = token
 
+    @classmethod
+    def of_worker(
+        cls,
+        settings: Settings,
+        batch_port: int,
+        restored: Callable[[], frozenset[int]],
+        owners: Callable[[], Mapping[int, str]],
+    ) -> LookupRouter:
+        """The router of a worker whose batch process listens on ``batch_port``."""
+        return cls(
+            partition_count(settings, settings.topics.clicks),
+            f"http://127.0.0.1:{batch_port}",
+            advertised_url(settings),
+            restored,
+            owners,
+            settings.worker.lookup_forward_timeout_s,
+            settings.metrics.secret_token(),
+        )
+
     def __call__(self, request: LookupRequest) -> Answer:
         problem = user_id_problem(request.user_id)
         if problem is not None:
@@ -186,14 +206,22 @@ class LookupRouter:
 
     def _get(self, url: str, forwarded: bool) -> Answer:
         headers = {FORWARDED_HEADER: "1"} if forwarded else {}
-        if forwarded and self._token is not None:
-            headers["Authorization"] = f"Bearer {self._token}"
-        try:
-            with urllib.request.urlopen(
-                urllib.request.Request(url, headers=headers), timeout=self._timeout_s
-            ) as response:
-                return Answer(response.status, response.read())
-        except urllib.error.HTTPError as e:  # the other side's answer, passed on as it is
-            return Answer(e.code, e.read())
-        except OSError as e:
-            return Answer.error(503, f"{url.split('/users/')[0]} did not answer: {e}")
+        return http_get(url, self._token if forwarded else None, self._timeout_s, headers)
+
+
+def http_get(
+    url: str, token: str | None, timeout_s: float, headers: Mapping[str, str] | None = None
+) -> Answer:
+    """GET a JSON answer; the other side's error status as it is, no answer as a 503."""
+    sent = dict(headers or {})
+    if token is not None:
+        sent["Authorization"] = f"Bearer {token}"
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=sent), timeout=timeout_s
+        ) as response:
+            return Answer(response.status, response.read())
+    except urllib.error.HTTPError as e:
+        return Answer(e.code, e.read())
+    except OSError as e:
+        return Answer.error(503, f"{url.split('/users/')[0]} did not answer: {e}")

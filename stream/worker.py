@@ -1,11 +1,10 @@
 """`glintstream worker`: the faust app that feeds micro-batches to the batch process.
 
-faust does what it is good at here: group membership, fetching, offset commits, the worker
-lifecycle and signals. It keeps no state: per-user state is ours (``stream.state``), because a
-batch needs its own write order (outputs acked before state is written), changelog records
-smaller than the local ones, and offsets we can trust on this broker (README, "Worker"). The
-batches run in the worker's batch process (``stream.batch_process``), so the model never competes
-with faust's loop for the GIL.
+faust does what it is good at here: group membership (whose assignment also tells every worker
+where the others serve lookups), fetching, offset commits, the worker lifecycle and signals. It
+keeps no state: per-user state is ours (``stream.state``), because a batch needs its own write
+order (outputs acked before state is written), changelog records smaller than the local ones,
+and offsets we can trust on this broker (README, "Worker"). Batches run in the batch process.
 
 Everything that touches faust (and, through it, aiokafka) is in this module: the app, the agent,
 the timers, and four seams where faust is bent (``tests/test_worker_seams.py`` fails if a faust
@@ -43,7 +42,7 @@ from stream.health import WorkerHealth
 from stream.lookup import LookupRouter, advertised_url
 from stream.pipeline import RawClick
 from stream.settings import Settings
-from stream.topics import ensure_worker_topics, partition_count
+from stream.topics import ensure_worker_topics
 from stream.watchdog import PartitionClock, PartitionView, StallReport, Watchdog
 from stream.worker_status import status_record
 
@@ -386,14 +385,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         health.model_loaded(version)
         metrics.WORKER_REGISTRY.register(ChildMetrics(batch.endpoint_port))
         worker = Worker(settings, batch, health)
-        router = LookupRouter(
-            partition_count(settings, settings.topics.clicks),
-            f"http://127.0.0.1:{batch.endpoint_port}",
-            advertised_url(settings),
-            health.restored_partitions,
-            worker.owners,
-            settings.worker.lookup_forward_timeout_s,
-            settings.metrics.secret_token(),
+        router = LookupRouter.of_worker(
+            settings, batch.endpoint_port, health.restored_partitions, worker.owners
         )
         endpoints.serve(
             settings.metrics,
@@ -402,7 +395,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
             {"/healthz": health.live, "/readyz": health.ready},
             router,
         )
-        app = worker.app
-        faust.Worker(app, loglevel=loglevel, redirect_stdouts=False).execute_from_commandline()
+        faust.Worker(
+            worker.app, loglevel=loglevel, redirect_stdouts=False
+        ).execute_from_commandline()
     finally:
         batch.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 from test_worker import make_checkpoint
 
+from stream.broker import free_port
 from stream.cli import main
 
 
@@ -73,3 +74,16 @@ def test_clients_and_model_changes_without_a_broker_fail_in_one_line(tmp_path: P
         assert f"no Kafka broker answered at {closed} within 1 s" in lines[0]
         assert "glintstream broker" in lines[0]
     assert not (tmp_path / "registry" / "versions").exists()
+
+
+def test_recs_without_a_worker_fails_in_one_line() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    proc = subprocess.run(
+        [glintstream_exe(), "recs", "u1", "--url", url, "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "503: " in lines[0] and f"{url} did not answer" in lines[0], lines

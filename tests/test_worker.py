@@ -350,6 +350,7 @@ def check_lookups(scenario: Scenario, workers: list[WorkerProcess]) -> None:
 
     answered_by = set()
     for w in workers:
+        url = f"http://127.0.0.1:{w.port}"
         for user, sent in latest.items():
             deadline = time.monotonic() + 10  # the store commits just after the topic has it
             while (got := lookup(w, user))["click"] != sent["click"]:
@@ -357,6 +358,10 @@ def check_lookups(scenario: Scenario, workers: list[WorkerProcess]) -> None:
                 time.sleep(0.1)
             assert got["source"] == LookupSource.USER and got["items"] == sent["items"], user
             answered_by.add(got["worker_id"])
+        user, sent = next(iter(latest.items()))
+        assert (
+            json.loads(run_cli(scenario.env, "recs", user, "--url", url))["items"] == sent["items"]
+        )
         cold = lookup(w, "no-clicks-yet")
         assert cold["source"] == LookupSource.POPULAR and cold["items"]
         assert set(cold["items"]) <= set(scenario.vocab)

@@ -67,6 +67,7 @@ for command in (
     run.finetune,
     clients.produce,
     clients.tail,
+    clients.recs,
     clients.schemas,
     clients.dlq,
     models.train,

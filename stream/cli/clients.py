@@ -1,5 +1,6 @@
-"""`glintstream produce`, `tail`, `dlq` and `schemas`: put clicks on the stream, watch what
-comes out, inspect and replay what was rejected, and the messages' published contracts."""
+"""`glintstream produce`, `tail`, `recs`, `dlq` and `schemas`: put clicks on the stream, watch
+what comes out, ask for one user's latest recommendations, inspect and replay what was rejected,
+and the messages' published contracts."""
 
 from __future__ import annotations
 
@@ -127,6 +128,23 @@ def tail(
         run_tail(settings, options)
     except (BrokerUnreachable, TailError) as e:
         raise click.ClickException(str(e)) from None
+
+
+@click.command()
+@click.argument("user_id")
+@click.option("--url", help="A worker's endpoint [http://<metrics_host>:<metrics_port>].")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds.")
+@pass_settings
+def recs(settings: Settings, user_id: str, url: str | None, timeout: float) -> None:
+    """USER_ID's latest recommendations (any worker asks the user's owner), as JSON."""
+    from stream.lookup import http_get, lookup_path
+
+    metrics = settings.metrics
+    base = (url or f"http://{metrics.host}:{metrics.port}").rstrip("/")
+    answer = http_get(base + lookup_path(user_id), metrics.secret_token(), timeout)
+    if answer.status != 200:
+        raise click.ClickException(f"{answer.status}: {answer.body.decode(errors='replace')}")
+    click.echo(answer.body.decode())
 
 
 @click.command()
