@@ -1,8 +1,9 @@
 """`glintstream bench soak`: the whole system for N minutes at a fixed click rate.
 
-A private embedded broker, one `glintstream worker`, and two independent client processes
+A private embedded broker, one `glintstream worker`, and three independent client processes
 (``bench.soak_clients``): a plain confluent-kafka producer with its default settings sending
-one ``produce`` per click at the rate, and a consumer of the recommendations. Every second the
+one ``produce`` per click at the rate, a consumer of the recommendations, and an HTTP client
+asking the worker for a user's latest recommendations (``LOOKUP_INTERVAL_MS`` apart). Every second the
 benchmark samples the broker's and the worker's resident memory (both worker processes) and the
 worker's RocksDB bytes; at a chosen row it kills the worker with SIGKILL and restarts it. After
 the run it waits for the last recommendations, then pauses the broker (SIGSTOP) and times how
@@ -12,7 +13,9 @@ The figures come from the clients' own rows (``acks.csv``: every click with its 
 partition and offset; ``recs.csv``: every recommendation received, the click it answers and
 when): per row (a minute by default) clicks sent, recommendations received, repeats, clicks
 still without a recommendation, latency p50 / p99 / max (click ``produce`` call -> the
-recommendation received by the reader), memory, then a verdict against the soak's targets.
+recommendation received by the reader), lookup latency p50 / p99 (``lookups.csv``, answers
+with the user's own recommendations; failures counted), memory, then a verdict against the
+soak's targets.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ TARGET_P99_MS = 50.0
 TARGET_TREND = 1.2
 TARGET_RSS_MIB_PER_ROW = 5.0
 TARGET_STALL_REPORT_S = 60.0
+TARGET_LOOKUP_P99_MS = 10.0  # a user's latest recommendations, from the worker that holds them
+LOOKUP_INTERVAL_MS = 20.0  # one lookup after another, this far apart: 50 per second
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,10 @@ class Row:
     rocksdb_mib: float
     broker_cpu: float  # share of one core over the row
     worker_cpu: float  # both worker processes
+    lookups: int = 0  # answered with the user's own recommendations
+    lookup_p50_ms: float = float("nan")
+    lookup_p99_ms: float = float("nan")
+    lookups_failed: int = 0  # no 200 answer (a restart, a timeout)
     events: str = ""
 
 
@@ -124,6 +133,7 @@ class SoakResult:
     repeats: int
     restore_s: float | None
     stall: StallReport | None
+    lookup_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every own-user answer
 
     def verdicts(self) -> list[tuple[str, str, bool]]:
         out = [
@@ -150,6 +160,15 @@ class SoakResult:
                     f"last {TREND_ROWS} rows' p99 <= {TARGET_TREND} x the first {TREND_ROWS}'",
                     f"{last:.1f} vs {first:.1f} ms ({last / first:.2f}x)",
                     last <= TARGET_TREND * first,
+                )
+            )
+        if len(self.lookup_ms):
+            p99 = float(np.percentile(self.lookup_ms, 99))
+            out.append(
+                (
+                    f"lookup p99 <= {TARGET_LOOKUP_P99_MS:.0f} ms (users with state, whole run)",
+                    f"{p99:.1f} ms over {len(self.lookup_ms):,} lookups",
+                    p99 <= TARGET_LOOKUP_P99_MS,
                 )
             )
         growth = self.worker_rss_growth()
@@ -196,13 +215,16 @@ class SoakResult:
         unit = "min" if self.config.row_s == 60 else f"{self.config.row_s:.0f} s"
         lines = [
             f"| {unit} | sent | received | repeats | unanswered | p50 / p99 / max ms | "
-            "broker RSS MiB | worker RSS MiB | RocksDB MiB | broker / worker CPU | |",
-            "|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---|",
+            "lookups: p50 / p99 ms (failed) | broker RSS MiB | worker RSS MiB | RocksDB MiB | "
+            "broker / worker CPU | |",
+            "|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|---|",
         ]
         for r in self.rows:
             lines.append(
                 f"| {r.index} | {r.sent:,} | {r.received:,} | {r.repeats:,} | {r.unanswered:,} "
-                f"| {r.p50_ms:.1f} / {r.p99_ms:.1f} / {r.max_ms:.1f} | {r.broker_rss_mib:.0f} "
+                f"| {r.p50_ms:.1f} / {r.p99_ms:.1f} / {r.max_ms:.1f} "
+                f"| {r.lookup_p50_ms:.1f} / {r.lookup_p99_ms:.1f} ({r.lookups_failed}) "
+                f"| {r.broker_rss_mib:.0f} "
                 f"| {r.worker_rss_mib:.0f} | {r.rocksdb_mib:.1f} "
                 f"| {r.broker_cpu:.0%} / {r.worker_cpu:.0%} | {r.events} |"
             )
@@ -255,6 +277,7 @@ def read_rows(path: Path, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
 def summarize(
     acks: dict[str, np.ndarray],
     recs: dict[str, np.ndarray],
+    lookups: dict[str, np.ndarray],
     samples: list[Sample],
     config: SoakConfig,
     events: dict[int, str],
@@ -291,6 +314,8 @@ def summarize(
         end = samples[at] if at >= 0 else Sample(hi, 0, 0, 0, 0, 0)
         first_sample = samples[min(begin, at)] if at >= 0 else end
         span = max(end.time - first_sample.time, 1e-9)
+        asked = (lookups["time"] >= lo) & (lookups["time"] < hi)
+        own = lookups["ms"][asked & (lookups["status"] == 200) & (lookups["user_state"] == 1)]
         rows.append(
             Row(
                 index=i,
@@ -307,6 +332,10 @@ def summarize(
                 broker_cpu=max(0.0, end.broker_cpu_s - first_sample.broker_cpu_s) / span,
                 # a restarted worker's CPU time starts again from 0: never negative
                 worker_cpu=max(0.0, end.worker_cpu_s - first_sample.worker_cpu_s) / span,
+                lookups=len(own),
+                lookup_p50_ms=float(np.percentile(own, 50)) if len(own) else float("nan"),
+                lookup_p99_ms=float(np.percentile(own, 99)) if len(own) else float("nan"),
+                lookups_failed=int(np.sum(asked & (lookups["status"] != 200))),
                 events=events.get(i, ""),
             )
         )
@@ -427,6 +456,7 @@ class Soak:
         clicks = self.work / "clicks.tsv"
         write_clicks(data, clicks)
         acks_csv, recs_csv = self.work / "acks.csv", self.work / "recs.csv"
+        lookups_csv = self.work / "lookups.csv"
         prometheus: PrometheusServer | None = None
         restore_s = None
         with Broker(port=0, run_dir=self.work / "broker") as broker:
@@ -455,6 +485,16 @@ class Soak:
                     str(acks_csv),
                 )
                 clients.append(producer)
+                clients.append(
+                    self._client(
+                        "lookup",
+                        f"http://127.0.0.1:{self.metrics_port}",
+                        str(clicks),
+                        str(c.rate),
+                        str(LOOKUP_INTERVAL_MS),
+                        str(lookups_csv),
+                    )
+                )
                 killed, shown = False, 0
                 acks_seen, recs_seen = LineCounter(acks_csv), LineCounter(recs_csv)
                 while producer.poll() is None:
@@ -487,14 +527,19 @@ class Soak:
                 worker.stop_quietly()
                 if prometheus is not None:
                     prometheus.stop()
+        lookups = read_rows(lookups_csv, ("time", "ms", "status", "user_state"))
         rows, acked, failed, missing, repeats = summarize(
             read_rows(acks_csv, ("partition", "offset", "produced")),
             read_rows(recs_csv, ("partition", "offset", "click_ts", "received")),
+            lookups,
             self.samples,
             c,
             self.events,
         )
-        result = SoakResult(c, rows, acked, failed, missing, repeats, restore_s, stall)
+        own = (lookups["status"] == 200) & (lookups["user_state"] == 1)
+        result = SoakResult(
+            c, rows, acked, failed, missing, repeats, restore_s, stall, lookups["ms"][own]
+        )
         self._write(result)
         return result
 

@@ -2,10 +2,13 @@
 
     python -m bench.soak_clients produce BOOTSTRAP TOPIC CLICKS_TSV RATE SECONDS ACKS_CSV
     python -m bench.soak_clients read BOOTSTRAP TOPIC FETCH_WAIT_MS RECS_CSV
+    python -m bench.soak_clients lookup WORKER_URL CLICKS_TSV RATE INTERVAL_MS LOOKUPS_CSV
 
 Nothing here imports glintstream: the producer is a plain confluent-kafka ``Producer`` with its
-default settings, one ``produce`` per click at a fixed rate, and the reader a plain
-``Consumer`` of the recommendations. The producer stamps each click's ``ts`` with the moment of
+default settings, one ``produce`` per click at a fixed rate, the reader a plain ``Consumer`` of
+the recommendations, and the lookup client a plain HTTP client asking the worker for one user's
+latest recommendations every INTERVAL_MS (``GET /users/{id}/recommendations``), a user drawn
+from those the producer has sent clicks of by then (it paces itself on RATE). The producer stamps each click's ``ts`` with the moment of
 its ``produce`` call, which the worker echoes as ``click_ts``, so the reader measures
 click -> recommendation latency on this host's clock without joining anything. Both append CSV
 rows as they go (flushed every second) and stop cleanly on SIGTERM.
@@ -13,11 +16,16 @@ rows as they go (flushed every second) and stop cleanly on SIGTERM.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import json
+import random
 import signal
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +35,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 FLUSH_S = 1.0
 ACK_FIELDS = ("seq", "partition", "offset", "produced", "error")
 REC_FIELDS = ("partition", "offset", "click_ts", "published_ts", "received", "model_version")
+LOOKUP_FIELDS = ("time", "ms", "status", "user_state")  # user_state: 1 = the user's own answer
+LOOKUP_TIMEOUT_S = 5.0
 
 
 class _Stop:
@@ -139,6 +149,41 @@ def read(bootstrap: str, topic: str, fetch_wait_ms: int, out: Path) -> int:
     return 0
 
 
+def lookup(url: str, clicks: Path, rate: float, interval_s: float, out: Path) -> int:
+    stop = _Stop()
+    first: dict[str, int] = {}  # user -> the index of their first click
+    for i, line in enumerate(clicks.read_text().splitlines()):
+        first.setdefault(line.split("\t")[0], i)
+    users = sorted(first, key=first.__getitem__)
+    firsts = [first[u] for u in users]
+    rng = random.Random(0)
+    start = time.monotonic()
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(LOOKUP_FIELDS)
+        last_flush = start
+        while not stop.requested:
+            sent = int((time.monotonic() - start) * rate)
+            user = users[rng.randrange(max(1, bisect.bisect_left(firsts, sent)))]
+            path = f"/users/{urllib.parse.quote(user, safe='')}/recommendations"
+            began = time.perf_counter()
+            try:
+                with urllib.request.urlopen(url + path, timeout=LOOKUP_TIMEOUT_S) as response:
+                    status, body = response.status, json.loads(response.read())
+            except urllib.error.HTTPError as e:
+                status, body = e.code, {}
+            except OSError:
+                status, body = 0, {}
+            ms = 1000 * (time.perf_counter() - began)
+            own = int(body.get("source") == "user")
+            writer.writerow((f"{time.time():.6f}", f"{ms:.3f}", status, own))
+            if time.monotonic() - last_flush > FLUSH_S:
+                f.flush()
+                last_flush = time.monotonic()
+            time.sleep(max(0.0, interval_s - ms / 1000))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     command, *args = argv
     if command == "produce":
@@ -147,6 +192,9 @@ def main(argv: list[str]) -> int:
     if command == "read":
         bootstrap, topic, wait, out = args
         return read(bootstrap, topic, int(wait), Path(out))
+    if command == "lookup":
+        url, clicks, rate, interval_ms, out = args
+        return lookup(url, Path(clicks), float(rate), float(interval_ms) / 1000, Path(out))
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -31,6 +31,9 @@ def test_bench_soak_quick(tmp_path: Path) -> None:
     assert result.missing == 0, result.table()  # every acked click answered, the kill included
     assert all(r.received > 0 and r.p99_ms > 0 for r in result.rows), result.table()
     assert all(r.broker_rss_mib > 0 and r.worker_rss_mib > 0 for r in result.rows)
+    # users are looked up throughout; a row without the worker's restart answers every one
+    assert all(r.lookups > 0 and r.lookup_p99_ms > 0 for r in result.rows), result.table()
+    assert result.rows[0].lookups_failed == 0 and len(result.lookup_ms) > 0
     assert result.restore_s is not None and "kill -9" in result.rows[2].events
     assert result.stall is not None
     reported = result.stall.seconds
@@ -42,6 +45,7 @@ def test_bench_soak_quick(tmp_path: Path) -> None:
     assert len(rows_csv) == 1 + config.rows
     table = result.table()
     assert "| every acked click answered |" in table and "met |" in table
+    assert "| lookup p99 <= 10 ms (users with state, whole run) |" in table
 
 
 def test_the_line_counter_reads_only_complete_new_lines(tmp_path: Path) -> None:
