@@ -59,9 +59,6 @@ T = TypeVar("T")
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 SCRAPE_TIMEOUT_S = 5.0  # the child answers between two batches' Python work: well under this
-# How long the batch's thread may hold the GIL while the endpoint thread waits for it (Python's
-# default 5 ms would be most of a lookup's latency budget); costs nothing while no one waits.
-GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -209,7 +206,7 @@ def _child_start(settings: Settings, parent_pid: int, loglevel: str) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=loglevel, format=LOG_FORMAT)
     try:
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+        endpoints.answer_promptly()
         pipeline = _pipeline = build_pipeline(settings)
         lookup = LocalLookup(
             pipeline.store,

@@ -160,14 +160,23 @@ def read_to_end(
             )
         open_partitions = set(metadata.partitions)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in open_partitions])
+        # A partition ends at its EOF or at the high watermark of the first Fetch response that
+        # brought its records: one written to all the time may never show an EOF.
+        ends: dict[int, int] = {}
         deadline = time.monotonic() + timeout_s
         while open_partitions and time.monotonic() < deadline:
             for msg in poll_batch(consumer, READ_CHUNK, READ_POLL_S):
-                err = msg.error()
-                if err is None:
-                    yield msg
-                elif err.code() == KafkaError._PARTITION_EOF:
-                    open_partitions.discard(msg.partition())
+                err, p, offset = msg.error(), msg.partition(), msg.offset()
+                if err is None and p is not None and offset is not None:
+                    if p not in ends:
+                        tp = TopicPartition(topic, p)
+                        ends[p] = consumer.get_watermark_offsets(tp, cached=True)[1]
+                    if p in open_partitions:
+                        yield msg
+                    if offset >= ends[p] - 1:
+                        open_partitions.discard(p)
+                elif err is not None and err.code() == KafkaError._PARTITION_EOF:
+                    open_partitions.discard(p)
         if open_partitions:
             log.warning(
                 "%s: partitions %s not read to the end in %.0f s",

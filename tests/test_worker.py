@@ -412,22 +412,24 @@ def test_5_a_reordered_version_reaches_workers_that_share_only_kafka_and_the_sto
     scenario.check_outputs(expected_version=1)  # rebuilt states: exact on the ring
     scenario.check_exactly_once()
 
-    def statuses() -> str:
-        return run_cli(publisher, "model", "status")
-
-    deadline = time.monotonic() + 20
-    while "workers: 2 live" not in (shown := statuses()) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert "registry: v1" in shown and "announced: v1 (published" in shown, shown
-    rows = [line.split() for line in shown.splitlines() if line.startswith("  ") and "v1" in line]
-    assert sorted(row[0] for row in rows) == ["a", "b"], shown
+    # both workers' statuses on the topic first: `model status` then reads them in one go
     statuses_topic = TopicReader(scenario.bootstrap, scenario.topics["worker_status"])
     try:
-        statuses_topic.read_until(lambda: len(statuses_topic.messages) >= 2, 20, "statuses")
+
+        def serving_v1() -> set[str]:
+            found = (json.loads(m.value()) for m in statuses_topic.messages)
+            return {s["worker_id"] for s in found if s["model_version"] == 1}
+
+        statuses_topic.read_until(lambda: serving_v1() == {"a", "b"}, 20, "statuses")
         for message in statuses_topic.messages:
             scenario.contract("worker-status", message.value())
     finally:
         statuses_topic.close()
+    shown = run_cli(publisher, "model", "status")
+    assert "workers: 2 live" in shown, shown
+    assert "registry: v1" in shown and "announced: v1 (published" in shown, shown
+    rows = [line.split() for line in shown.splitlines() if line.startswith("  ") and "v1" in line]
+    assert sorted(row[0] for row in rows) == ["a", "b"], shown
 
     assert "pinned v1" in run_cli(publisher, "model", "pin", "1")
     assert "(pinned)" in run_cli(publisher, "model", "list")
