@@ -17,10 +17,15 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.locations import default_data_dir
+from model.locations import (
+    default_checkpoint_dir,
+    default_data_dir,
+    default_registry_dir,
+    default_run_dir,
+    default_state_dir,
+)
 from stream.messages import ScoringMode
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "GLINTSTREAM_"
 
 
@@ -143,11 +148,12 @@ class TopicSettings(BaseSettings):
 class PathSettings(BaseSettings):
     model_config = _config("")
 
+    # Defaults under the working directory, read when the settings are built (model/locations.py)
     data_dir: Path = Field(default_factory=default_data_dir)  # datasets
-    state_dir: Path = REPO_ROOT / ".run" / "state"  # per-user RocksDB state of the worker
-    registry_dir: Path = REPO_ROOT / ".run" / "registry"  # model registry (fine-tune output)
-    checkpoint_dir: Path = REPO_ROOT / "checkpoints" / "ml-1m"  # served when the registry is empty
-    run_dir: Path = REPO_ROOT / ".run"  # pids and logs
+    state_dir: Path = Field(default_factory=default_state_dir)  # per-user RocksDB state
+    registry_dir: Path = Field(default_factory=default_registry_dir)  # fine-tune output
+    checkpoint_dir: Path = Field(default_factory=default_checkpoint_dir)  # no registry yet
+    run_dir: Path = Field(default_factory=default_run_dir)  # pids and logs
     # Where workers fetch versions: an fsspec URL or path the publisher mirrors the registry to
     # (s3://bucket/models, a shared mount); empty: the registry directory itself (one host).
     model_store: str = ""

@@ -32,7 +32,6 @@ from test_worker import make_checkpoint
 from stream import metrics
 from stream.broker import free_port
 from stream.messages import RunOutcome
-from stream.settings import REPO_ROOT
 from stream.testkit import (
     ClickProducer,
     Ledger,
@@ -40,6 +39,7 @@ from stream.testkit import (
     WorkerProcess,
     private_worker_env,
 )
+from stream.testkit.source import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
 PROMETHEUS_PACKAGE = "prometheus"  # Debian: brings both `prometheus` and `promtool`

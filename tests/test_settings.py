@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 
+import model
+import stream
 from stream.cli import main
 from stream.cli.context import pass_settings
-from stream.settings import REPO_ROOT, Settings, env_name, flat_names, load_settings
+from stream.settings import Settings, env_name, flat_names, load_settings
+from stream.testkit.source import REPO_ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -26,10 +30,31 @@ def test_defaults() -> None:
     s = load_settings()
     assert s.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert (s.topics.clicks, s.topics.dlq, s.topics.partitions) == ("clicks", "clicks-dlq", 4)
-    assert s.paths.state_dir == REPO_ROOT / ".run" / "state"
+    assert s.paths.state_dir == Path.cwd() / ".run" / "state"
     assert s.kafka.session_timeout_ms == 6000
     assert s.kafka.confluent_config() == {"bootstrap.servers": "127.0.0.1:9092"}
     assert s.torch_device() in ("cpu", "cuda")
+
+
+def test_default_paths_follow_the_working_directory_not_the_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed package must not keep state beside its code: with no GLINTSTREAM_*_DIR set,
+    every default path lies under the directory the process runs in."""
+    monkeypatch.chdir(tmp_path)
+    paths = load_settings().paths
+    defaults = {
+        "run_dir": tmp_path / ".run",
+        "state_dir": tmp_path / ".run" / "state",
+        "registry_dir": tmp_path / ".run" / "registry",
+        "checkpoint_dir": tmp_path / "checkpoints" / "ml-1m",
+        "data_dir": tmp_path / "data",  # no ../shared/datasets beside a fresh tmp dir
+    }
+    assert {name: getattr(paths, name) for name in defaults} == defaults
+    assert paths.model_store_url == str(tmp_path / ".run" / "registry")
+    code_dirs = {Path(package.__file__).resolve().parent for package in (model, stream)}
+    for name in defaults:
+        assert not any(getattr(paths, name).is_relative_to(d) for d in code_dirs), name
 
 
 def test_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.broker import free_port
-from stream.settings import REPO_ROOT
+from stream.testkit.source import REPO_ROOT
 
 ALERTS = REPO_ROOT / "deploy" / "alerts.yml"
 DEPLOY_CONFIG = REPO_ROOT / "deploy" / "prometheus.yml"
