@@ -32,6 +32,7 @@ KINDS: dict[str, Kind] = {
     "glintru": Kind("model.glintru", "GlintRUConfig", "build_glintru"),
     "sasrec": Kind("model.baselines", "SASRecConfig", "SASRec"),
     "gru4rec": Kind("model.baselines", "GRU4RecConfig", "GRU4Rec"),
+    "lrurec": Kind("model.baselines", "LRURecConfig", "LRURec"),
     "popularity": Kind("model.baselines", "PopularityConfig", "Popularity"),
 }
 
@@ -41,5 +42,6 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "glintru-streaming": ("glintru", {"variant": "streaming"}),
     "sasrec": ("sasrec", {}),
     "gru4rec": ("gru4rec", {}),
+    "lrurec": ("lrurec", {}),
     "popularity": ("popularity", {}),
 }

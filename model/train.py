@@ -80,11 +80,12 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------- models
 # the config fields --hidden-size and --dropout set, per kind
-HIDDEN_FIELD = {"glintru": "hidden_size", "sasrec": "d", "gru4rec": "d"}
+HIDDEN_FIELD = {"glintru": "hidden_size", "sasrec": "d", "gru4rec": "d", "lrurec": "d"}
 DROPOUT_FIELDS = {
     "glintru": ("emb_dropout", "attn_dropout", "gate_dropout", "mix_dropout", "mlp_dropout"),
     "sasrec": ("dropout",),
     "gru4rec": ("dropout",),
+    "lrurec": ("dropout", "recurrent_dropout"),
 }
 
 

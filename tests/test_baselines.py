@@ -11,10 +11,13 @@ import torch
 from model.baselines import (
     GRU4Rec,
     GRU4RecConfig,
+    LRURec,
+    LRURecConfig,
     Popularity,
     PopularityConfig,
     SASRec,
     SASRecConfig,
+    linear_scan,
 )
 from model.data import Split, item_counts, leave_one_out, synthetic, training_batch
 from model.evaluate import evaluate_model
@@ -37,6 +40,7 @@ def small_models(num_items: int = 50) -> list[SequentialRecommender]:
     return [
         SASRec(SASRecConfig(num_items, d=16, n_heads=2, max_len=MAX_LEN)),
         GRU4Rec(GRU4RecConfig(num_items, d=16, hidden=24)),
+        LRURec(LRURecConfig(num_items, d=16, max_len=MAX_LEN)),
     ]
 
 
@@ -94,12 +98,26 @@ def train(model: SequentialRecommender, split: Split, steps: int, lr: float) -> 
     return losses
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "gru4rec"])
+@pytest.mark.parametrize("length", [1, 2, 5, 8, 13])
+def test_linear_scan_is_the_recurrence(length: int) -> None:
+    torch.manual_seed(length)
+    decay = torch.polar(torch.rand(6), 2 * np.pi * torch.rand(6))
+    inputs = torch.randn(3, length, 6, dtype=torch.cfloat)
+    h, expected = torch.zeros(3, 6, dtype=torch.cfloat), []
+    for t in range(length):
+        h = decay * h + inputs[:, t]
+        expected.append(h)
+    torch.testing.assert_close(linear_scan(decay, inputs), torch.stack(expected, dim=1))
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "gru4rec", "lrurec"])
 def test_loss_decreases_on_synthetic(kind: str, synth: tuple[Split, np.ndarray, int]) -> None:
     split, _, num_items = synth
     torch.manual_seed(0)
     if kind == "sasrec":
         model: SequentialRecommender = SASRec(SASRecConfig(num_items, d=32, max_len=20))
+    elif kind == "lrurec":
+        model = LRURec(LRURecConfig(num_items, d=32, max_len=20))
     else:
         model = GRU4Rec(GRU4RecConfig(num_items, d=32, hidden=32))
     losses = train(model, split, steps=8, lr=2e-2)

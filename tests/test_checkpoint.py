@@ -15,6 +15,8 @@ from torch import nn
 from model.baselines import (
     GRU4Rec,
     GRU4RecConfig,
+    LRURec,
+    LRURecConfig,
     Popularity,
     PopularityConfig,
     SASRec,
@@ -55,6 +57,9 @@ def build(kind: str) -> tuple[nn.Module, Any]:
     if kind == "gru4rec":
         config = GRU4RecConfig(NUM_ITEMS, d=16, hidden=8)
         return GRU4Rec(config), config
+    if kind == "lrurec":
+        config = LRURecConfig(NUM_ITEMS, d=16, max_len=8)
+        return LRURec(config), config
     config = PopularityConfig(NUM_ITEMS)
     return Popularity(config).fit(torch.arange(NUM_ITEMS + 1).numpy()), config
 
@@ -72,7 +77,7 @@ def save(directory: Path, model: nn.Module, config: Any, kind: str) -> Path:
     )
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "gru4rec", "popularity"])
+@pytest.mark.parametrize("kind", ["sasrec", "gru4rec", "lrurec", "popularity"])
 def test_round_trip_identical_outputs(kind: str, tmp_path: Path) -> None:
     model, config = build(kind)
     model.eval()
