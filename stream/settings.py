@@ -11,10 +11,11 @@ connection uses the conventional ``KAFKA_*`` names, and a few worker settings ke
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.locations import (
@@ -24,6 +25,7 @@ from model.locations import (
     default_run_dir,
     default_state_dir,
 )
+from stream import kafka_config
 from stream.messages import ScoringMode
 
 ENV_PREFIX = "GLINTSTREAM_"
@@ -49,7 +51,8 @@ def _kafka_env(name: str) -> AliasChoices:
 
 
 class KafkaSettings(BaseSettings):
-    """How every client reaches the brokers; passed through to every client."""
+    """How every client reaches the brokers; passed through to every client
+    (``stream.kafka_config`` maps them to each client library)."""
 
     model_config = _config("KAFKA_")
 
@@ -61,74 +64,60 @@ class KafkaSettings(BaseSettings):
     sasl_username: str | None = Field(None, validation_alias=_kafka_env("SASL_USERNAME"))
     sasl_password: SecretStr | None = Field(None, validation_alias=_kafka_env("SASL_PASSWORD"))
     ssl_cafile: str | None = Field(None, validation_alias=_kafka_env("SSL_CAFILE"))
+    # mutual TLS: this client's certificate (PEM) and its private key
+    ssl_certfile: str | None = Field(None, validation_alias=_kafka_env("SSL_CERTFILE"))
+    ssl_keyfile: str | None = Field(None, validation_alias=_kafka_env("SSL_KEYFILE"))
+    ssl_key_password: SecretStr | None = Field(
+        None, validation_alias=_kafka_env("SSL_KEY_PASSWORD")
+    )
+    # OAUTHBEARER tokens from an OIDC provider's client-credentials grant
+    sasl_oauthbearer_token_endpoint_url: str | None = Field(
+        None, validation_alias=_kafka_env("SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL")
+    )
+    sasl_oauthbearer_client_id: str | None = Field(
+        None, validation_alias=_kafka_env("SASL_OAUTHBEARER_CLIENT_ID")
+    )
+    sasl_oauthbearer_client_secret: SecretStr | None = Field(
+        None, validation_alias=_kafka_env("SASL_OAUTHBEARER_CLIENT_SECRET")
+    )
+    sasl_oauthbearer_scope: str | None = Field(
+        None, validation_alias=_kafka_env("SASL_OAUTHBEARER_SCOPE")
+    )
+    # librdkafka properties merged over the typed settings in every confluent-kafka client
+    # (never aiokafka's: faust's consumer and producer in the worker); JSON in KAFKA_EXTRA.
+    # Left out of repr, as it may hold a password the typed settings do not cover.
+    extra: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, validation_alias=_kafka_env("EXTRA"), repr=False
+    )
     # Tansu holds a JoinGroup for half the session timeout; the 45 s default means 23 s joins.
     session_timeout_ms: int = 6000
     # how long a command (produce, tail, model ...) waits for a broker before failing in one line
     connect_timeout_s: float = 5.0
 
+    @field_validator("extra", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        # the environment gives JSON already decoded; --set KEY=VALUE gives the JSON text
+        return json.loads(value) if isinstance(value, str) else value
+
     def confluent_config(self) -> dict[str, Any]:
         """librdkafka settings shared by producers, consumers and admin clients."""
-        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
-        optional = {
-            "security.protocol": self.security_protocol,
-            "sasl.mechanism": self.sasl_mechanism,
-            "sasl.username": self.sasl_username,
-            "sasl.password": self._password(),
-            "ssl.ca.location": self.ssl_cafile,
-        }
-        conf.update({k: v for k, v in optional.items() if v is not None})
-        return conf
+        return kafka_config.confluent_config(self)
 
     def confluent_consumer_config(self, group_id: str, **extra: Any) -> dict[str, Any]:
         """A group consumer that joins quickly on Tansu and starts from the beginning."""
-        conf: dict[str, Any] = {
-            **self.confluent_config(),
-            "group.id": group_id,
-            "session.timeout.ms": self.session_timeout_ms,
-            # LATEST is unreliable on Tansu (ListOffsets under-reports the log end).
-            "auto.offset.reset": "earliest",
-        }
-        conf.update(extra)
-        return conf
+        return kafka_config.confluent_consumer_config(self, group_id, **extra)
 
     def aiokafka_kwargs(self) -> dict[str, Any]:
         """The same connection settings for aiokafka clients (and so for faust)."""
-        kwargs: dict[str, Any] = {"bootstrap_servers": self.bootstrap_servers}
-        if self.security_protocol:
-            kwargs["security_protocol"] = self.security_protocol
-        if self.sasl_mechanism:
-            kwargs["sasl_mechanism"] = self.sasl_mechanism
-        if self.sasl_username is not None:
-            kwargs["sasl_plain_username"] = self.sasl_username
-        if self.sasl_password is not None:
-            kwargs["sasl_plain_password"] = self._password()
-        if self.ssl_cafile or "SSL" in (self.security_protocol or "").upper():
-            from aiokafka.helpers import create_ssl_context
-
-            kwargs["ssl_context"] = create_ssl_context(cafile=self.ssl_cafile)
-        return kwargs
+        return kafka_config.aiokafka_kwargs(self)
 
     def faust_broker_url(self) -> str:
         return ";".join(f"kafka://{s.strip()}" for s in self.bootstrap_servers.split(","))
 
     def faust_credentials(self) -> Any:
         """faust ``broker_credentials`` for the optional SASL/TLS settings, or None."""
-        import faust
-
-        kw = self.aiokafka_kwargs()
-        if self.sasl_mechanism:
-            return faust.SASLCredentials(
-                username=self.sasl_username,
-                password=self._password(),
-                mechanism=self.sasl_mechanism,
-                ssl_context=kw.get("ssl_context"),
-            )
-        if "ssl_context" in kw:
-            return faust.SSLCredentials(kw["ssl_context"])
-        return None
-
-    def _password(self) -> str | None:
-        return None if self.sasl_password is None else self.sasl_password.get_secret_value()
+        return kafka_config.faust_credentials(self)
 
 
 class TopicSettings(BaseSettings):

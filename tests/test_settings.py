@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
+import faust
 import pytest
+from aiohttp import web
 from click.testing import CliRunner
 
 import model
@@ -169,3 +172,100 @@ def test_environment_names_follow_the_groups(monkeypatch: pytest.MonkeyPatch) ->
     assert s.with_overrides(top_k=4).worker.top_k == 4
     with pytest.raises(ValueError, match="unknown settings: no_such"):
         s.with_overrides(no_such=1)
+
+
+def test_kafka_extra_reaches_every_confluent_client_over_the_typed_settings(
+    monkeypatch: pytest.MonkeyPatch, show_command: None
+) -> None:
+    assert _cli_settings("--set", 'kafka_extra={"linger.ms": 7}').kafka.extra == {"linger.ms": 7}
+    result = CliRunner().invoke(main, ["--set", "kafka_extra=not json", "show-settings"])
+    assert result.exit_code == 2 and "extra" in result.output and "not json" in result.output
+    monkeypatch.setenv("KAFKA_EXTRA", '{"client.id": "env", "session.timeout.ms": 9000}')
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SSL")
+    s = load_settings(kafka_extra='{"security.protocol": "SASL_SSL", "socket.nagle.disable": true}')
+    assert s.kafka.extra == {"security.protocol": "SASL_SSL", "socket.nagle.disable": True}
+    assert s.kafka.confluent_config() == {
+        "bootstrap.servers": "127.0.0.1:9092",
+        "security.protocol": "SASL_SSL",  # over the typed setting
+        "socket.nagle.disable": True,
+    }
+    env_only = load_settings().kafka
+    consumer = env_only.confluent_consumer_config("g", **{"enable.auto.commit": False})
+    # over the consumer defaults too; what the caller passes (what the code relies on) wins
+    assert consumer["session.timeout.ms"] == 9000 and consumer["client.id"] == "env"
+    assert consumer["enable.auto.commit"] is False and consumer["group.id"] == "g"
+    assert "sasl_mechanism" not in env_only.aiokafka_kwargs()  # aiokafka: typed settings only
+
+
+def test_mutual_tls_settings(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from certs import self_signed
+
+    ca, _ = self_signed(tmp_path, "broker")
+    cert, key = self_signed(tmp_path, "client", password="k3y-pass")
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("KAFKA_SSL_CAFILE", str(ca))
+    monkeypatch.setenv("KAFKA_SSL_CERTFILE", str(cert))
+    monkeypatch.setenv("KAFKA_SSL_KEYFILE", str(key))
+    monkeypatch.setenv("KAFKA_SSL_KEY_PASSWORD", "k3y-pass")
+    s = load_settings()
+    assert "k3y-pass" not in repr(s)
+    conf = s.kafka.confluent_config()
+    assert (conf["ssl.certificate.location"], conf["ssl.key.location"]) == (str(cert), str(key))
+    assert conf["ssl.key.password"] == "k3y-pass" and conf["ssl.ca.location"] == str(ca)
+    # aiokafka's context loaded the client certificate with the password, and trusts the CA
+    context = s.kafka.aiokafka_kwargs()["ssl_context"]
+    assert [c["subject"] for c in context.get_ca_certs()] == [((("commonName", "broker"),),)]
+    credentials = s.kafka.faust_credentials()
+    assert isinstance(credentials, faust.SSLCredentials) and credentials.protocol.value == "SSL"
+    wrong = s.with_overrides(kafka_ssl_key_password="wrong")
+    with pytest.raises(ssl.SSLError):
+        wrong.kafka.aiokafka_kwargs()
+
+
+async def test_oauthbearer_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """librdkafka gets the OIDC properties; aiokafka a token provider doing the same
+    client-credentials grant against a real HTTP token endpoint."""
+    grants: list[dict[str, str]] = []
+
+    async def issue(request: web.Request) -> web.Response:
+        form = dict(await request.post())
+        if request.headers.get("Authorization") != "Basic Z2xpbnQ6czNjcmV0":  # glint:s3cret
+            return web.json_response({"error": "invalid_client"}, status=401)
+        grants.append(form)
+        return web.json_response({"access_token": f"token-{len(grants)}", "expires_in": 3600})
+
+    app = web.Application()
+    app.router.add_post("/token", issue)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/token"
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "OAUTHBEARER")
+    monkeypatch.setenv("KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL", url)
+    monkeypatch.setenv("KAFKA_SASL_OAUTHBEARER_CLIENT_ID", "glint")
+    monkeypatch.setenv("KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET", "s3cret")
+    monkeypatch.setenv("KAFKA_SASL_OAUTHBEARER_SCOPE", "kafka")
+    try:
+        s = load_settings()
+        assert "s3cret" not in repr(s)
+        conf = s.kafka.confluent_config()
+        assert {k: v for k, v in conf.items() if k.startswith("sasl.")} == {
+            "sasl.mechanism": "OAUTHBEARER",
+            "sasl.oauthbearer.method": "oidc",
+            "sasl.oauthbearer.token.endpoint.url": url,
+            "sasl.oauthbearer.client.id": "glint",
+            "sasl.oauthbearer.client.secret": "s3cret",
+            "sasl.oauthbearer.scope": "kafka",
+        }
+        credentials = s.kafka.faust_credentials()
+        assert isinstance(credentials, faust.OAuthCredentials)
+        provider = credentials.oauth_cb
+        assert [await provider.token(), await provider.token()] == ["token-1", "token-1"]
+        assert grants == [{"grant_type": "client_credentials", "scope": "kafka"}]  # reused
+        wrong = s.with_overrides(kafka_sasl_oauthbearer_client_secret="wrong")
+        with pytest.raises(RuntimeError, match="answered 401"):
+            await wrong.kafka.aiokafka_kwargs()["sasl_oauth_token_provider"].token()
+    finally:
+        await runner.cleanup()
