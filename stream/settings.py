@@ -15,7 +15,14 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.locations import (
@@ -121,17 +128,29 @@ class KafkaSettings(BaseSettings):
 
 
 class TopicSettings(BaseSettings):
+    """Topic names. Those of one deployment's internals (``INTERNAL_TOPICS``) are empty unless
+    set: ``Settings`` derives them from ``worker.app_id``."""
+
     model_config = _config("TOPIC_")
 
     clicks: str = "clicks"
     recommendations: str = "recommendations"
     dlq: str = "clicks-dlq"
     # the version workers serve (one partition, one key) and what each live worker serves
-    model_updates: str = "model-updates"
-    worker_status: str = "worker-status"
-    state_changelog: str = "glintstream-user-state"  # compacted, partitioned like clicks
+    model_updates: str = ""
+    worker_status: str = ""
+    state_changelog: str = ""  # compacted, partitioned like clicks
     # of the topics glintstream creates; fixed at creation (Tansu has no CreatePartitions)
     partitions: int = Field(4, validation_alias=_env(f"{ENV_PREFIX}PARTITIONS"))
+
+
+# Topics no two deployments on one cluster may share (two sharing a changelog would restore each
+# other's users): unless set, "<worker.app_id>-<suffix>".
+INTERNAL_TOPICS = {
+    "state_changelog": "user-state",
+    "model_updates": "model-updates",
+    "worker_status": "status",
+}
 
 
 class PathSettings(BaseSettings):
@@ -308,6 +327,8 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=lambda: WorkerSettings())
     rocksdb: RocksDBSettings = Field(default_factory=lambda: RocksDBSettings())
     finetune: FinetuneSettings = Field(default_factory=lambda: FinetuneSettings())
+    # the INTERNAL_TOPICS this object derived (none was set), to derive again in with_overrides
+    _derived: frozenset[str] = PrivateAttr(frozenset())
 
     def torch_device(self) -> str:
         if self.device != "auto":
@@ -316,16 +337,30 @@ class Settings(BaseSettings):
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
+    @model_validator(mode="after")
+    def _derive_internal_topics(self) -> Settings:
+        derived = {
+            field: f"{self.worker.app_id}-{suffix}"
+            for field, suffix in INTERNAL_TOPICS.items()
+            if not getattr(self.topics, field)
+        }
+        if derived:
+            object.__setattr__(self, "topics", self.topics.model_copy(update=derived))
+        self._derived = frozenset(derived)
+        return self
+
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with some settings replaced, by their flat names (``worker_id="w2"``)."""
         groups, root = _by_group(overrides)
-        update: dict[str, Any] = dict(root)
-        for group, values in groups.items():
+        for field in self._derived:  # derived again, from the app id the copy will have
+            groups.setdefault("topics", {}).setdefault(field, "")
+        values: dict[str, Any] = {**dict(self), **root}
+        for group, new in groups.items():
             current: BaseSettings = getattr(self, group)
             # rebuilt, not copied: the new values are validated (and every field is given, so
             # the environment is not read again)
-            update[group] = GROUPS[group](**{**dict(current), **values})
-        return self.model_copy(update=update)
+            values[group] = GROUPS[group](**{**dict(current), **new})
+        return Settings(**values)
 
 
 def _env_name(group: type[BaseSettings], name: str) -> str:

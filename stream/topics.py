@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 ADMIN_TIMEOUT_S = 10.0
 BROKER_WAIT_S = 60.0  # `make demo` starts the broker and the worker at once
+# The changelog's name before it followed worker_app_id: a cluster that still has it holds the
+# state of workers that have not been told to keep it (README, "Upgrading").
+LEGACY_CHANGELOG = "glintstream-user-state"
 
 
 class BrokerUnreachable(RuntimeError):
@@ -112,12 +115,27 @@ def ensure_worker_topics(settings: Settings) -> None:
     # are (they may predate this worker), which the check below insists on.
     n_clicks = partition_count(settings, settings.topics.clicks)
     changelog = settings.topics.state_changelog
+    _warn_of_legacy_changelog(settings)
     ensure_topics(settings, [changelog], n_clicks, {"cleanup.policy": "compact"})
     n_changelog = partition_count(settings, changelog)
     if n_clicks != n_changelog:
         raise RuntimeError(
             f"{settings.topics.clicks} has {n_clicks} partitions but the state changelog "
             f"{settings.topics.state_changelog} has {n_changelog}: they must match"
+        )
+
+
+def _warn_of_legacy_changelog(settings: Settings) -> None:
+    changelog = settings.topics.state_changelog
+    existing = AdminClient(settings.kafka.confluent_config()).list_topics(timeout=ADMIN_TIMEOUT_S)
+    if changelog not in existing.topics and LEGACY_CHANGELOG in existing.topics:
+        log.warning(
+            "creating the state changelog %s, but %s exists: the state of workers from before "
+            "the changelog was named after worker_app_id. To restore from it, stop and set "
+            "GLINTSTREAM_TOPIC_STATE_CHANGELOG=%s",
+            changelog,
+            LEGACY_CHANGELOG,
+            LEGACY_CHANGELOG,
         )
 
 

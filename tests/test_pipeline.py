@@ -137,10 +137,10 @@ def test_a_batch_publishes_then_sends_the_changelog_then_commits(
     assert all(len(r.items) == 5 and r.model_version == 0 for r in recs)
     topics = [t for t, *_ in publisher.sent]
     # the outputs first, the changelog (records, then the applied offset) last
-    assert topics.index("glintstream-user-state") > max(
+    assert topics.index(settings.topics.state_changelog) > max(
         i for i, t in enumerate(topics) if t == "recommendations"
     )
-    changelog = [(k, v) for t, k, v, _, _ in publisher.sent if t == "glintstream-user-state"]
+    changelog = [(k, v) for t, k, v, _, _ in publisher.sent if t == settings.topics.state_changelog]
     assert changelog[-1] == (APPLIED_KEY, b"3")
     stored = p.store.get(P, "u1")
     assert stored is not None and stored.n == 3 and stored.offset == 2
@@ -234,7 +234,9 @@ def test_records_store_the_vector_only_where_the_model_needs_it(settings: Settin
     p = pipeline(settings, publisher)
     p.process([RawClick(P, 0, b"u1", click("u1", "i1"))], {P})
     [(_, value)] = [
-        (k, v) for t, k, v, _, _ in publisher.sent if t == "glintstream-user-state" and k == b"u1"
+        (k, v)
+        for t, k, v, _, _ in publisher.sent
+        if t == settings.topics.state_changelog and k == b"u1"
     ]
     assert UserRecord.decode(value).vec is None
     local = p.store.get(P, "u1")
