@@ -73,6 +73,7 @@ class Broker:
         storage_engine: str = "memory://tansu/",
         env: Mapping[str, str] | None = None,
         value_schemas: Mapping[str, dict[str, Any]] | None = None,
+        authentication: bool = False,
     ) -> None:
         self.port = port or free_port(self.host)  # 0 = any free port
         self.run_dir = Path(run_dir)
@@ -80,6 +81,10 @@ class Broker:
         self.env = dict(env) if env is not None else None  # None: inherit ours
         # topic -> JSON Schema its values must match, enforced by Tansu's schema registry
         self.value_schemas = dict(value_schemas or {})
+        # Tansu's --authentication: SASL SCRAM-SHA-256/512 required of every client. Tansu 0.6.0
+        # creates users only through a broker that does not require it, and forgets them on a
+        # restart (README, "Embedded broker"), so no client can pass: for testing refusals.
+        self.authentication = authentication
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -110,6 +115,8 @@ class Broker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.value_schemas:
             cmd += ["--schema-registry", self._write_schemas()]
+        if self.authentication:
+            cmd.append("--authentication")
         with self.log_path.open("ab") as logf:
             self.proc = subprocess.Popen(
                 cmd,
@@ -146,6 +153,8 @@ class Broker:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"broker did not listen in {timeout}s:\n{self.log_tail()}")
             time.sleep(0.05)
+        if self.authentication:  # a metadata request would need credentials
+            return
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
         while True:
             self._check_alive()

@@ -35,19 +35,41 @@ class BrokerUnreachable(RuntimeError):
     """No broker answered at the configured bootstrap servers."""
 
 
+class BrokerRefused(BrokerUnreachable):
+    """A broker answered, and refused this client's credentials or its TLS handshake."""
+
+
+# librdkafka's errors that mean "it answered, and said no" rather than "nobody there"
+REFUSALS = {KafkaError._AUTHENTICATION, KafkaError._SSL}
+
+
 def ensure_reachable(settings: Settings) -> None:
-    """Raise ``BrokerUnreachable`` with one line that names the servers, or return.
+    """Raise ``BrokerUnreachable`` (``BrokerRefused``) with one line that names the servers, or
+    return.
 
     librdkafka's own connection errors are silenced here: a closed port would otherwise print
     a line per retry while the caller waits.
     """
-    admin = AdminClient({**settings.kafka.confluent_config(), "log_level": 0})
-    timeout_s = settings.kafka.connect_timeout_s
+    refusals: list[KafkaError] = []
+
+    def on_error(error: KafkaError) -> None:
+        if error.code() in REFUSALS:
+            refusals.append(error)
+
+    config = {**settings.kafka.confluent_config(), "log_level": 0, "error_cb": on_error}
+    admin = AdminClient(config)
+    servers, timeout_s = settings.kafka.bootstrap_servers, settings.kafka.connect_timeout_s
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException as e:
+        admin.poll(0)  # serves the error callbacks
+        if refusals:
+            raise BrokerRefused(
+                f"the Kafka broker at {servers} refused this client: {refusals[0].str()}; "
+                "check the kafka_sasl_* and kafka_ssl_* settings (README, Configuration)"
+            ) from None
         raise BrokerUnreachable(
-            f"no Kafka broker answered at {settings.kafka.bootstrap_servers} within "
+            f"no Kafka broker answered at {servers} within "
             f"{timeout_s:.0f} s ({e.args[0].str() if e.args else e}); start the embedded one "
             "with `glintstream broker`, or set KAFKA_BOOTSTRAP_SERVERS"
         ) from None

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from test_worker import make_checkpoint
 
 from stream.broker import free_port
+from stream.broker import Broker
 from stream.cli import main
 
 
@@ -87,3 +88,35 @@ def test_recs_without_a_worker_fails_in_one_line() -> None:
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "503: " in lines[0] and f"{url} did not answer" in lines[0], lines
+
+
+def test_a_broker_that_refuses_the_credentials_fails_a_command_in_one_line(tmp_path: Path) -> None:
+    """The embedded broker with authentication knows no user (README, Embedded broker): every
+    client is refused, as one with a wrong password would be."""
+    sasl = {
+        "kafka_security_protocol": "SASL_PLAINTEXT",
+        "kafka_sasl_mechanism": "SCRAM-SHA-512",
+        "kafka_sasl_username": "alice",
+        "kafka_sasl_password": "not-her-password",
+    }
+    sets = [arg for name, value in sasl.items() for arg in ("--set", f"{name}={value}")]
+    with Broker(port=0, run_dir=tmp_path / "broker", authentication=True) as broker:
+        for command in (["produce", "--dataset", "synthetic"], ["tail"]):
+            proc = subprocess.run(
+                [
+                    glintstream_exe(),
+                    "--bootstrap-servers",
+                    broker.bootstrap_servers,
+                    *sets,
+                    *command,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, "GLINTSTREAM_KAFKA_CONNECT_TIMEOUT_S": "2"},
+            )
+            assert proc.returncode == 1, proc.stderr
+            [line] = proc.stderr.strip().splitlines()
+            assert f"the Kafka broker at {broker.bootstrap_servers} refused this client" in line
+            assert "SASL SCRAM authentication failed" in line
+            assert "not-her-password" not in proc.stderr
