@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 ADMIN_TIMEOUT_S = 10.0
 BROKER_WAIT_S = 60.0  # `make demo` starts the broker and the worker at once
 # The changelog's name before it followed worker_app_id: a cluster that still has it holds the
-# state of workers that have not been told to keep it (README, "Upgrading").
+# state of workers that have not been told to keep it (README, "Two deployments on one cluster, and upgrading").
 LEGACY_CHANGELOG = "glintstream-user-state"
 
 

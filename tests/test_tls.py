@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from test_cli import glintstream_exe
 from stream.broker import Broker
 from stream.settings import Settings, load_settings
 from stream.tls_listener import server_context
+from stream.topics import BrokerRefused, BrokerUnreachable, ensure_reachable
 
 KEY_PASSWORD = "client-key-pass"
 
@@ -46,11 +48,11 @@ def broker(pki: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> It
         yield b
 
 
-def client_env(broker: Broker, pki: dict[str, Path], who: str = "client") -> dict[str, str]:
+def client_env(servers: str, pki: dict[str, Path], who: str = "client") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GLINTSTREAM_", "KAFKA_"))}
     return {
         **env,
-        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "KAFKA_BOOTSTRAP_SERVERS": servers,
         "KAFKA_SECURITY_PROTOCOL": "SSL",
         "KAFKA_SSL_CAFILE": str(pki["server_cert"]),
         "KAFKA_SSL_CERTFILE": str(pki[f"{who}_cert"]),
@@ -76,7 +78,7 @@ def settings_of(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Setting
 def test_produce_and_tail_over_mutual_tls(
     broker: Broker, pki: dict[str, Path], unique_name, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env, topic = client_env(broker, pki), unique_name("clicks")
+    env, topic = client_env(broker.bootstrap_servers, pki), unique_name("clicks")
     produced = glintstream(
         env, "produce", "--dataset", "synthetic", "--limit", "40", "--topic", topic, "--no-progress"
     )
@@ -103,7 +105,7 @@ async def test_the_workers_faust_clients_over_mutual_tls(
     broker: Broker, pki: dict[str, Path], unique_name, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """aiokafka with what faust hands it from ``faust_credentials()``, as in the worker."""
-    settings = settings_of(client_env(broker, pki), monkeypatch)
+    settings = settings_of(client_env(broker.bootstrap_servers, pki), monkeypatch)
     auth = credentials_to_aiokafka_auth(settings.kafka.faust_credentials())
     assert auth["security_protocol"] == "SSL"
     topic = unique_name("status")
@@ -124,20 +126,63 @@ async def test_the_workers_faust_clients_over_mutual_tls(
         await consumer.stop()
 
 
-def test_clients_the_tls_handshake_fails_for_fail_in_one_line(
-    broker: Broker, pki: dict[str, Path]
+def test_clients_the_tls_handshake_fails_for_are_told_so(
+    broker: Broker, pki: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """What the commands print in one line (tests/test_cli.py: BrokerUnreachable and its
+    subclass BrokerRefused become one line)."""
+    env = {**client_env(broker.bootstrap_servers, pki), "KAFKA_SSL_CAFILE": str(pki["other_cert"])}
     # a client that does not trust the broker's certificate: refused, and told why
-    fast = {"GLINTSTREAM_KAFKA_CONNECT_TIMEOUT_S": "1"}
-    distrustful = {**client_env(broker, pki), "KAFKA_SSL_CAFILE": str(pki["other_cert"]), **fast}
-    refused = glintstream(distrustful, "tail")
-    assert refused.returncode == 1, refused.stderr
-    [line] = refused.stderr.strip().splitlines()
-    assert f"the Kafka broker at {broker.bootstrap_servers} refused this client" in line
-    assert "certificate verify failed" in line
+    distrustful = settings_of(env, monkeypatch).with_overrides(kafka_connect_timeout_s=1)
+    with pytest.raises(BrokerRefused, match="certificate verify failed") as refused:
+        ensure_reachable(distrustful)
+    assert f"the Kafka broker at {broker.bootstrap_servers} refused this client" in str(
+        refused.value
+    )
     # a client whose certificate the broker does not trust: TLS 1.3 rejects it after the
     # client's side of the handshake, so librdkafka sees only a closed connection
-    stranger = glintstream({**client_env(broker, pki, who="other"), **fast}, "tail")
-    assert stranger.returncode == 1, stranger.stderr
-    [line] = stranger.stderr.strip().splitlines()
-    assert f"no Kafka broker answered at {broker.bootstrap_servers} within 1 s" in line
+    stranger = distrustful.with_overrides(
+        kafka_ssl_cafile=str(pki["server_cert"]),
+        kafka_ssl_certfile=str(pki["other_cert"]),
+        kafka_ssl_keyfile=str(pki["other_key"]),
+        kafka_ssl_key_password=None,
+    )
+    with pytest.raises(BrokerUnreachable, match="no Kafka broker answered") as unreachable:
+        ensure_reachable(stranger)
+    assert not isinstance(unreachable.value, BrokerRefused)
+
+
+def test_glintstream_broker_serves_mutual_tls_to_the_command_it_wraps(
+    pki: dict[str, Path], tmp_path: Path
+) -> None:
+    tls = {
+        "broker_tls_certfile": pki["server_cert"],
+        "broker_tls_keyfile": pki["server_key"],
+        "broker_tls_client_cafile": pki["client_cert"],
+    }
+    sets = [arg for name, value in tls.items() for arg in ("--set", f"{name}={value}")]
+    inner = (
+        "from stream.settings import load_settings\n"
+        "from stream.topics import ensure_reachable\n"
+        "settings = load_settings()\n"
+        "ensure_reachable(settings)\n"
+        "print('inner', settings.kafka.bootstrap_servers, settings.kafka.security_protocol)\n"
+    )
+    env = client_env("unused:1", pki)  # `broker` gives the command its bootstrap servers
+    wrapped = glintstream(
+        env,
+        *sets,
+        "broker",
+        "--port",
+        "0",
+        "--run-dir",
+        str(tmp_path),
+        "--",
+        sys.executable,
+        "-c",
+        inner,
+    )
+    assert wrapped.returncode == 0, wrapped.stderr
+    assert wrapped.stdout.startswith("inner 127.0.0.1:") and wrapped.stdout.strip().endswith("SSL")
+    with pytest.raises(ValueError, match="go together"):
+        load_settings(broker_tls_certfile=pki["server_cert"])

@@ -34,16 +34,19 @@ def broker(
     from stream.schemas import bare_schema
     from stream.tls_listener import server_context
 
-    enforce = settings.broker.enforce_click_schema
-    tls = settings.broker
+    enforce, own = settings.broker.enforce_click_schema, settings.broker
+    tls = None
+    if own.tls_certfile is not None and own.tls_keyfile is not None:
+        try:
+            tls = server_context(own.tls_certfile, own.tls_keyfile, own.tls_client_cafile)
+        except OSError as e:  # ssl.SSLError is one
+            raise click.ClickException(f"cannot load the broker's TLS files: {e}") from None
     b = Broker(
         port=settings.broker.port if port is None else port,
         run_dir=run_dir or settings.paths.run_dir / "broker",
         storage_engine=storage_engine or settings.broker.storage_engine,
         value_schemas={settings.topics.clicks: bare_schema("click")} if enforce else None,
-        tls=None
-        if tls.tls_certfile is None or tls.tls_keyfile is None
-        else server_context(tls.tls_certfile, tls.tls_keyfile, tls.tls_client_cafile),
+        tls=tls,
     )
     try:
         code = run_broker(b, list(command))
