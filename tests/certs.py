@@ -44,3 +44,26 @@ def self_signed(directory: Path, name: str, password: str | None = None) -> tupl
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     )
     return cert_path, key_path
+
+
+KEY_PASSWORD = "client-key-pass"
+
+
+def make_pki(root: Path) -> dict[str, Path]:
+    """A broker's certificate, a client's (key encrypted with ``KEY_PASSWORD``) and a stranger's
+    that neither trusts; each is its own CA."""
+    pki: dict[str, Path] = {}
+    for who, password in (("server", None), ("client", KEY_PASSWORD), ("other", None)):
+        pki[f"{who}_cert"], pki[f"{who}_key"] = self_signed(root, who, password)
+    return pki
+
+
+def client_settings(pki: dict[str, Path], who: str = "client") -> dict[str, str]:
+    """The flat settings of a mutual-TLS client presenting ``who``'s certificate."""
+    return {
+        "kafka_security_protocol": "SSL",
+        "kafka_ssl_cafile": str(pki["server_cert"]),
+        "kafka_ssl_certfile": str(pki[f"{who}_cert"]),
+        "kafka_ssl_keyfile": str(pki[f"{who}_key"]),
+        **({"kafka_ssl_key_password": KEY_PASSWORD} if who == "client" else {}),
+    }

@@ -46,6 +46,24 @@ def bootstrap_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         yield broker.bootstrap_servers
 
 
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Self-signed certificates: the broker's, a client's and a stranger's (tests/certs.py)."""
+    from certs import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def tls_broker(pki: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """An embedded broker behind mutual TLS: only clients with the client certificate get in."""
+    from stream.tls_listener import server_context
+
+    context = server_context(pki["server_cert"], pki["server_key"], pki["client_cert"])
+    with Broker(port=0, run_dir=tmp_path_factory.mktemp("tls-broker"), tls=context) as broker:
+        yield broker
+
+
 @pytest.fixture
 def settings(bootstrap_servers: str) -> Settings:
     return load_settings(kafka_bootstrap_servers=bootstrap_servers)

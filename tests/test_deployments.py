@@ -1,5 +1,7 @@
 """Two deployments (two worker app ids) on one broker keep their state apart: their internal
-topics are named after the app id unless set, so neither reads or restores the other's users."""
+topics are named after the app id unless set, so neither reads or restores the other's users.
+The broker is reached over mutual TLS, as a production cluster may be: the worker's both client
+libraries connect with the kafka_ssl_* settings."""
 
 from __future__ import annotations
 
@@ -7,10 +9,12 @@ import logging
 from pathlib import Path
 
 import pytest
+from certs import client_settings
 from test_worker import make_checkpoint
 
 from model.data import synthetic
-from stream.settings import Settings, load_settings
+from stream.broker import Broker
+from stream.settings import Settings, env_name, load_settings
 from stream.state import ChangelogReader, StateStore, UserRecord
 from stream.testkit import (
     SMALL_STORE,
@@ -27,10 +31,16 @@ pytestmark = pytest.mark.timeout(120)
 DERIVED = ("STATE_CHANGELOG", "MODEL_UPDATES", "WORKER_STATUS")
 
 
-def deployment(bootstrap: str, root: Path, name: str) -> tuple[dict[str, str], dict[str, str]]:
+def deployment(
+    bootstrap: str, root: Path, name: str, tls: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
     """A worker's environment on its own topics, leaving the internal ones to the app id."""
     env, topics = private_worker_env(
-        bootstrap, root, lambda prefix: f"{prefix}-{name}", GLINTSTREAM_WORKER_SESSION_TIMEOUT_S=3
+        bootstrap,
+        root,
+        lambda prefix: f"{prefix}-{name}",
+        GLINTSTREAM_WORKER_SESSION_TIMEOUT_S=3,
+        **{env_name(setting): value for setting, value in tls.items()},
     )
     for setting in DERIVED:
         del env[f"GLINTSTREAM_TOPIC_{setting}"]
@@ -58,20 +68,22 @@ def read_states(reader: TopicReader, want: dict[str, int], name: str) -> None:
 
 
 def test_two_app_ids_on_one_broker_keep_separate_state(
-    bootstrap_servers: str, tmp_path: Path, unique_name
+    tls_broker: Broker, pki: dict[str, Path], tmp_path: Path, unique_name
 ) -> None:
+    bootstrap_servers, tls = tls_broker.bootstrap_servers, client_settings(pki)
     data = synthetic(num_users=8, num_items=20, min_len=3, max_len=5, seed=1)
     users = {"blue": data.users[:4], "green": data.users[4:]}
     roots = {name: tmp_path / name for name in users}
     envs, topics, workers = {}, {}, {}
     for name, root in roots.items():
         make_checkpoint(root / "checkpoint", data.vocab, seed=0)
-        envs[name], topics[name] = deployment(bootstrap_servers, root, unique_name(name))
+        envs[name], topics[name] = deployment(bootstrap_servers, root, unique_name(name), tls)
         workers[name] = WorkerProcess(envs[name], "a", root).start()
     deployments = {
         name: load_settings(
             kafka_bootstrap_servers=bootstrap_servers,
             worker_app_id=env["GLINTSTREAM_WORKER_APP_ID"],
+            **tls,
         )
         for name, env in envs.items()
     }
@@ -81,7 +93,13 @@ def test_two_app_ids_on_one_broker_keep_separate_state(
         for name, worker in workers.items():
             worker.wait_ready()  # it created its topics, the changelog among them
             ledger = ledgers[name]
-            producer = ClickProducer(bootstrap_servers, topics[name]["clicks"], data.vocab, ledger)
+            producer = ClickProducer(
+                bootstrap_servers,
+                topics[name]["clicks"],
+                data.vocab,
+                ledger,
+                config=deployments[name].kafka.confluent_config(),
+            )
             for user, sequence, stamps in zip(data.users, data.sequences, data.timestamps):
                 if user in users[name]:
                     for item, ts in zip(sequence, stamps):
@@ -91,7 +109,11 @@ def test_two_app_ids_on_one_broker_keep_separate_state(
             # each user's clicks, counted by its latest state: only this deployment's users
             want = {user: len(history) for user, history in ledgers[name].histories.items()}
             assert set(want) == set(users[name])
-            reader = TopicReader(bootstrap_servers, settings.topics.state_changelog)
+            reader = TopicReader(
+                bootstrap_servers,
+                settings.topics.state_changelog,
+                settings.kafka.confluent_config(),
+            )
             try:
                 read_states(reader, want, name)
             finally:

@@ -6,60 +6,24 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from certs import self_signed
+from certs import client_settings
 from confluent_kafka import Consumer, TopicPartition
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from test_cli import glintstream_exe
 
 from stream.broker import Broker
-from stream.settings import Settings, load_settings
-from stream.tls_listener import server_context
+from stream.settings import Settings, env_name, load_settings
 from stream.topics import BrokerRefused, BrokerUnreachable, ensure_reachable
-
-KEY_PASSWORD = "client-key-pass"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("pki")
-    server_cert, server_key = self_signed(root, "broker")
-    client_cert, client_key = self_signed(root, "client", password=KEY_PASSWORD)
-    other_cert, other_key = self_signed(root, "stranger")
-    return {
-        "server_cert": server_cert,
-        "server_key": server_key,
-        "client_cert": client_cert,
-        "client_key": client_key,
-        "other_cert": other_cert,
-        "other_key": other_key,
-    }
-
-
-@pytest.fixture(scope="module")
-def broker(pki: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """Mutual TLS: only clients with a certificate signed by the client CA get in."""
-    context = server_context(pki["server_cert"], pki["server_key"], pki["client_cert"])
-    with Broker(port=0, run_dir=tmp_path_factory.mktemp("broker"), tls=context) as b:
-        yield b
 
 
 def client_env(servers: str, pki: dict[str, Path], who: str = "client") -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GLINTSTREAM_", "KAFKA_"))}
-    return {
-        **env,
-        "KAFKA_BOOTSTRAP_SERVERS": servers,
-        "KAFKA_SECURITY_PROTOCOL": "SSL",
-        "KAFKA_SSL_CAFILE": str(pki["server_cert"]),
-        "KAFKA_SSL_CERTFILE": str(pki[f"{who}_cert"]),
-        "KAFKA_SSL_KEYFILE": str(pki[f"{who}_key"]),
-        "GLINTSTREAM_KAFKA_CONNECT_TIMEOUT_S": "3",
-        **({"KAFKA_SSL_KEY_PASSWORD": KEY_PASSWORD} if who == "client" else {}),
-    }
+    tls = {env_name(name): value for name, value in client_settings(pki, who).items()}
+    return {**env, **tls, "KAFKA_BOOTSTRAP_SERVERS": servers}
 
 
 def glintstream(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -68,17 +32,16 @@ def glintstream(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
     )
 
 
-def settings_of(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
-    for name, value in env.items():
-        if name.startswith("KAFKA_"):
-            monkeypatch.setenv(name, value)
-    return load_settings()
+def client(broker: Broker, pki: dict[str, Path], who: str = "client", **more: object) -> Settings:
+    return load_settings(
+        kafka_bootstrap_servers=broker.bootstrap_servers, **{**client_settings(pki, who), **more}
+    )
 
 
 def test_produce_and_tail_over_mutual_tls(
-    broker: Broker, pki: dict[str, Path], unique_name, monkeypatch: pytest.MonkeyPatch
+    tls_broker: Broker, pki: dict[str, Path], unique_name
 ) -> None:
-    env, topic = client_env(broker.bootstrap_servers, pki), unique_name("clicks")
+    env, topic = client_env(tls_broker.bootstrap_servers, pki), unique_name("clicks")
     produced = glintstream(
         env, "produce", "--dataset", "synthetic", "--limit", "40", "--topic", topic, "--no-progress"
     )
@@ -89,7 +52,7 @@ def test_produce_and_tail_over_mutual_tls(
     assert tailed.returncode == 0, tailed.stderr
     assert len(tailed.stdout.splitlines()) == 40
     # and the fine-tune job's kind of client: a group consumer from the settings
-    settings = settings_of(env, monkeypatch)
+    settings = client(tls_broker, pki)
     consumer = Consumer(settings.kafka.confluent_consumer_config(unique_name("g")))
     try:
         consumer.assign([TopicPartition(topic, p, 0) for p in range(settings.topics.partitions)])
@@ -102,21 +65,21 @@ def test_produce_and_tail_over_mutual_tls(
 
 
 async def test_the_workers_faust_clients_over_mutual_tls(
-    broker: Broker, pki: dict[str, Path], unique_name, monkeypatch: pytest.MonkeyPatch
+    tls_broker: Broker, pki: dict[str, Path], unique_name
 ) -> None:
     """aiokafka with what faust hands it from ``faust_credentials()``, as in the worker."""
-    settings = settings_of(client_env(broker.bootstrap_servers, pki), monkeypatch)
+    settings = client(tls_broker, pki)
     auth = credentials_to_aiokafka_auth(settings.kafka.faust_credentials())
     assert auth["security_protocol"] == "SSL"
     topic = unique_name("status")
-    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, **auth)
+    producer = AIOKafkaProducer(bootstrap_servers=tls_broker.bootstrap_servers, **auth)
     await producer.start()
     try:
         await producer.send_and_wait(topic, b"over tls", key=b"w1")
     finally:
         await producer.stop()
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=broker.bootstrap_servers, auto_offset_reset="earliest", **auth
+        topic, bootstrap_servers=tls_broker.bootstrap_servers, auto_offset_reset="earliest", **auth
     )
     await consumer.start()
     try:
@@ -127,26 +90,21 @@ async def test_the_workers_faust_clients_over_mutual_tls(
 
 
 def test_clients_the_tls_handshake_fails_for_are_told_so(
-    broker: Broker, pki: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    tls_broker: Broker, pki: dict[str, Path]
 ) -> None:
     """What the commands print in one line (tests/test_cli.py: BrokerUnreachable and its
     subclass BrokerRefused become one line)."""
-    env = {**client_env(broker.bootstrap_servers, pki), "KAFKA_SSL_CAFILE": str(pki["other_cert"])}
     # a client that does not trust the broker's certificate: refused, and told why
-    distrustful = settings_of(env, monkeypatch).with_overrides(kafka_connect_timeout_s=1)
+    other_ca = str(pki["other_cert"])
+    distrustful = client(tls_broker, pki, kafka_ssl_cafile=other_ca, kafka_connect_timeout_s=1)
     with pytest.raises(BrokerRefused, match="certificate verify failed") as refused:
         ensure_reachable(distrustful)
-    assert f"the Kafka broker at {broker.bootstrap_servers} refused this client" in str(
+    assert f"the Kafka broker at {tls_broker.bootstrap_servers} refused this client" in str(
         refused.value
     )
     # a client whose certificate the broker does not trust: TLS 1.3 rejects it after the
     # client's side of the handshake, so librdkafka sees only a closed connection
-    stranger = distrustful.with_overrides(
-        kafka_ssl_cafile=str(pki["server_cert"]),
-        kafka_ssl_certfile=str(pki["other_cert"]),
-        kafka_ssl_keyfile=str(pki["other_key"]),
-        kafka_ssl_key_password=None,
-    )
+    stranger = client(tls_broker, pki, "other", kafka_connect_timeout_s=1)
     with pytest.raises(BrokerUnreachable, match="no Kafka broker answered") as unreachable:
         ensure_reachable(stranger)
     assert not isinstance(unreachable.value, BrokerRefused)

@@ -176,7 +176,7 @@ class ClickProducer:
 class TopicReader:
     """Reads a topic from the beginning, incrementally, across all its partitions."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, config: dict[str, Any] | None = None) -> None:
         self.consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -184,6 +184,7 @@ class TopicReader:
                 "enable.auto.commit": False,
                 # if a restarted broker answers "out of range", read again rather than skip
                 "auto.offset.reset": "earliest",
+                **(config or {}),  # e.g. how to reach a broker behind TLS
             }
         )
         parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
