@@ -11,8 +11,7 @@ from pathlib import Path
 from click.testing import CliRunner
 from test_worker import make_checkpoint
 
-from stream.broker import free_port
-from stream.broker import Broker
+from stream.broker import Broker, free_port
 from stream.cli import main
 
 
