@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Test processes: the tests mostly wait on brokers and worker processes, so two keep CI's two
+# cores busy; each file stays in one process (its module fixtures are built once).
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup setup-prometheus test demo lint format typecheck clean
 
@@ -33,7 +36,7 @@ test: setup setup-prometheus
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/glintstream broker --port 0 --run-dir .run/test-broker -- \
-		$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+		$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Every demo starts clean: the embedded broker keeps nothing across restarts, so neither do we.
 DEMO_DIR := .run/demo
