@@ -382,6 +382,7 @@ class Soak:
         self.data = data
         self.work = config.work_dir
         self.metrics_port = free_port()
+        self.lookup_port = free_port()
         self.samples: list[Sample] = []
         self.events: dict[int, str] = {}
 
@@ -393,6 +394,7 @@ class Soak:
             GLINTSTREAM_REGISTRY_DIR=self.work / "registry",
             GLINTSTREAM_CHECKPOINT_DIR=c.checkpoint.resolve(),
             GLINTSTREAM_METRICS_PORT=self.metrics_port,
+            GLINTSTREAM_WORKER_LOOKUP_PORT=self.lookup_port,
             GLINTSTREAM_DEVICE="cpu",
         )
         if c.partitions is not None:
@@ -488,7 +490,7 @@ class Soak:
                 clients.append(
                     self._client(
                         "lookup",
-                        f"http://127.0.0.1:{self.metrics_port}",
+                        f"http://127.0.0.1:{self.lookup_port}",
                         str(clicks),
                         str(c.rate),
                         str(LOOKUP_INTERVAL_MS),

@@ -18,10 +18,11 @@ Lifecycle:
 - if it dies anyway, every call raises ``BrokenProcessPool`` and the worker exits for a
   restart (``stream.worker``); the state is crash-consistent by construction.
 
-Metrics and lookups: the child serves its registry (``metrics.BATCH_REGISTRY``) and the lookups
-of its users (``stream.lookup.LocalLookup``) on a private loopback port; the worker's public
-endpoint includes the registry at every scrape (``ChildMetrics``), so a scrape sees one worker,
-and passes its users' lookups on.
+Metrics: the child serves its registry (``metrics.BATCH_REGISTRY``) on a private loopback port,
+and the worker's public endpoint includes it at every scrape (``ChildMetrics``), so a scrape
+sees one worker. Lookups: the child answers ``GET /users/{id}/recommendations`` on
+``worker.lookup_port`` (``stream.lookup``), from the store it holds; after every rebalance the
+worker hands it the ``Routes`` to the other workers (``set_routes``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from prometheus_client.registry import Collector
 
 from stream import endpoints, metrics
 from stream.announcements import Announcements
-from stream.lookup import LocalLookup
+from stream.lookup import LocalLookup, LookupRouter, Routes, advertised_url
 from stream.model_source import ModelSource
 from stream.pipeline import BatchPipeline, RawClick
 from stream.publisher import Publisher
@@ -81,7 +82,7 @@ class BatchProcess:
         )
         self._applied: dict[int, int] = {}
         self.pid: int | None = None
-        self.endpoint_port = 0  # the child's loopback port: metrics and lookups
+        self.endpoint_port = 0  # the child's loopback port for its metrics
 
     def start(self) -> int:
         """Spawn the child and build its processor; the model version it serves.
@@ -91,7 +92,7 @@ class BatchProcess:
         # PR_SET_PDEATHSIG watches.
         self.pid, self.endpoint_port, version = self._pool.submit(_child_started).result()
         log.info(
-            "batch process %d ready (metrics and lookups on loopback port %s)",
+            "batch process %d ready (metrics on loopback port %s)",
             self.pid,
             self.endpoint_port,
         )
@@ -125,6 +126,10 @@ class BatchProcess:
 
     async def update_store_metrics(self) -> None:
         await self._call(_child_update_store_metrics)
+
+    async def set_routes(self, routes: Routes | None) -> None:
+        """Where lookups go from now on; None while a rebalance is under way."""
+        await self._call(_child_set_routes, routes)
 
     def applied_offsets(self) -> dict[int, int]:
         """{partition: last applied offset} as of the last batch or rebalance (no call)."""
@@ -188,6 +193,7 @@ def build_pipeline(settings: Settings) -> BatchPipeline:
 
 _pipeline: BatchPipeline | None = None  # set by _child_start
 _endpoint_port: int | None = None
+_router: LookupRouter | None = None
 _start_error: BaseException | None = None
 
 
@@ -200,7 +206,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _child_start(settings: Settings, parent_pid: int, loglevel: str) -> None:
-    global _pipeline, _endpoint_port, _start_error
+    global _pipeline, _endpoint_port, _router, _start_error
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -208,17 +214,26 @@ def _child_start(settings: Settings, parent_pid: int, loglevel: str) -> None:
     try:
         endpoints.answer_promptly()
         pipeline = _pipeline = build_pipeline(settings)
-        lookup = LocalLookup(
-            pipeline.store,
-            pipeline.popularity,
-            pipeline.prepared,
-            lambda: pipeline.scorer.version,
-            settings.worker.id,
-            settings.worker.top_k,
-        )
-        _endpoint_port = endpoints.serve_private(metrics.BATCH_REGISTRY, lookup)
+        _endpoint_port = endpoints.serve_private(metrics.BATCH_REGISTRY)
+        _router = _serve_lookups(settings, pipeline)
     except BaseException as e:  # raised again by _child_started, in the worker
         _start_error = e
+
+
+def _serve_lookups(settings: Settings, pipeline: BatchPipeline) -> LookupRouter:
+    w = settings.worker
+    local = LocalLookup(
+        pipeline.store,
+        pipeline.popularity,
+        pipeline.prepared,
+        lambda: pipeline.scorer.version,
+        w.id,
+        w.top_k,
+    )
+    token = settings.metrics.secret_token()
+    router = LookupRouter(local, advertised_url(settings), w.lookup_forward_timeout_s, token)
+    endpoints.serve(settings.metrics, w.lookup_port, None, lookup=router)
+    return router
 
 
 def _the_pipeline() -> BatchPipeline:
@@ -249,6 +264,19 @@ def _child_refresh_model() -> int:
 
 def _child_update_store_metrics() -> None:
     _the_pipeline().update_store_metrics()
+
+
+def _child_set_routes(routes: Routes | None) -> None:
+    if _router is not None:
+        _router.routes = routes
+    if routes is not None:
+        log.info(
+            "lookups: partitions %s answered here, %d of %d forwarded to %d other workers",
+            sorted(routes.assigned),
+            len(set(routes.owners) - routes.assigned),
+            routes.partitions,
+            len(set(routes.owners.values())) - (1 if routes.assigned else 0),
+        )
 
 
 def _child_close() -> None:

@@ -2,8 +2,8 @@
 
 ``/metrics`` is the Prometheus exposition of the process's registry; other paths are JSON
 routes the process registers (``/healthz``, ``/readyz``). A route answers
-``(ok, body)``: 200 when ok, 503 when not, the body as JSON. A worker also answers
-``GET /users/{user_id}/recommendations`` (``stream.lookup``). The server runs in a daemon thread
+``(ok, body)``: 200 when ok, 503 when not, the body as JSON. A worker's batch process serves
+``GET /users/{user_id}/recommendations`` (``stream.lookup``) on a port of its own. The server runs in a daemon thread
 (prometheus-client's threading WSGI server), so a slow scrape or probe never waits on the
 process's event loop, and a route must only read state the loop keeps up to date. With a
 token (``metrics_token``) every path answers 401 to a request without ``Authorization: Bearer
@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from stream import lookup as lookups
+from stream.messages import LOOKUP_PATH
 from stream.settings import MetricsSettings
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,19 @@ def _lookup_request(user_id: str, environ: dict[str, Any]) -> lookups.LookupRequ
     )
 
 
+def _not_found(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    start_response("404 Not Found", [("Content-Type", "text/plain")])
+    return [b"not found\n"]
+
+
 def wsgi_app(
-    registry: CollectorRegistry,
+    registry: CollectorRegistry | None,
     routes: Mapping[str, Route],
     token: str | None = None,
     lookup: lookups.Lookup | None = None,
 ) -> Callable[..., Any]:
-    metrics_app = make_wsgi_app(registry)
+    """``registry`` None: no /metrics here."""
+    metrics_app = _not_found if registry is None else make_wsgi_app(registry)
     expected = None if token is None else f"Bearer {token}".encode()
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -97,15 +104,15 @@ def wsgi_app(
 def serve(
     where: MetricsSettings,
     port: int,
-    registry: CollectorRegistry,
+    registry: CollectorRegistry | None,
     routes: Mapping[str, Route] | None = None,
     lookup: lookups.Lookup | None = None,
 ) -> int | None:
-    """Serve ``/metrics``, ``routes`` and ``lookup`` on http://where.host:port in a daemon
-    thread, behind ``where.token`` when set; port 0 = off.
+    """Serve ``/metrics`` (unless ``registry`` is None), ``routes`` and ``lookup`` on
+    http://where.host:port in a daemon thread, behind ``where.token`` when set; port 0 = off.
 
     Returns the port, or None when off or when the port is busy: a busy port is logged, not
-    fatal, since serving recommendations matters more than its metrics.
+    fatal, since publishing recommendations matters more than its endpoints.
     """
     if not port:
         return None
@@ -114,16 +121,18 @@ def serve(
             where.host, port, wsgi_app(registry, routes or {}, where.secret_token(), lookup)
         )
     except OSError as e:
-        log.warning("metrics and health endpoints not served on %s:%d: %s", where.host, port, e)
+        log.warning("endpoints not served on %s:%d: %s", where.host, port, e)
         return None
-    log.info("metrics on http://%s:%d/metrics, health on /healthz and /readyz", where.host, bound)
+    paths = [*(["/metrics"] if registry is not None else []), *(routes or {})]
+    if lookup is not None:
+        paths.append(LOOKUP_PATH)
+    log.info("serving %s on http://%s:%d", ", ".join(paths), where.host, bound)
     return bound
 
 
-def serve_private(registry: CollectorRegistry, lookup: lookups.Lookup | None = None) -> int:
-    """``/metrics`` and ``lookup`` on a free loopback port, for the worker's batch process;
-    the port."""
-    return _start("127.0.0.1", 0, wsgi_app(registry, {}, None, lookup))
+def serve_private(registry: CollectorRegistry) -> int:
+    """``/metrics`` on a free loopback port (the worker's batch process); the port."""
+    return _start("127.0.0.1", 0, wsgi_app(registry, {}))
 
 
 def answer_promptly() -> None:

@@ -1,20 +1,21 @@
 """``GET /users/{user_id}/recommendations``: one user's latest recommendations, on request.
 
 Like faust's table views and Kafka Streams' interactive queries, every worker answers for every
-user, and the answer comes from the one worker that owns the user's state:
+user, and the answer comes from the one worker that owns the user's state. Lookups are served by
+the worker's batch process, which holds the state, on ``worker.lookup_port`` (one hop: the
+faust process, busy with the click loop, is not in the way):
 
 - the user's partition is the one their clicks are keyed to: librdkafka's default partitioner
   (``consistent_random``: CRC-32 of the key modulo the partition count), which every glintstream
   producer and every confluent-kafka/librdkafka client uses by default. Producers with another
   partitioner (Java's murmur2) put users elsewhere; their lookups then find no state;
-- a partition this worker holds is answered by its batch process (``LocalLookup``, on the
-  child's loopback port): the last recommendation published for the user, read from its RocksDB
-  (``stream.state``), or, for a user it holds no state for, the items clicked most of late
-  (``stream.popularity``);
-- any other partition is forwarded once to its owner, found in the group assignment faust
-  spreads to every member (each worker advertises ``worker.advertised_url``); a forwarded
-  request is never forwarded again, so two workers with different views of a rebalance answer
-  503 instead of bouncing it between them.
+- a partition this worker holds is answered from its store (``LocalLookup``): the last
+  recommendation published for the user (``stream.state``), or, for a user it holds no state
+  for, the items clicked most of late (``stream.popularity``);
+- any other partition is forwarded once to its owner: after every rebalance the worker hands
+  its batch process the ``Routes`` faust spread with the group assignment (each worker
+  advertises ``worker.advertised_url``). A forwarded request is never forwarded again, so two
+  workers with different views of a rebalance answer 503 instead of bouncing it between them.
 
 Answers are ``UserRecommendations`` (``stream.messages``, schema in deploy/schemas/) with 200;
 errors are ``{"error": ...}`` with 400 (not a user id), 503 (partition not ready or owned by
@@ -43,7 +44,6 @@ from stream.messages import (
     UserRecommendations,
 )
 from stream.settings import Settings
-from stream.topics import partition_count
 
 if TYPE_CHECKING:  # the worker's own process answers through its batch process: no store here
     from stream.popularity import Popularity
@@ -90,12 +90,11 @@ def lookup_path(user_id: str) -> str:
 
 
 def advertised_url(settings: Settings) -> str:
-    """Where the other workers reach this one's endpoints."""
-    metrics = settings.metrics
+    """Where the other workers reach this one's lookups."""
+    host = settings.metrics.host
     if settings.worker.advertised_url:
         return settings.worker.advertised_url
-    host = socket.getfqdn() if metrics.host in ANY_HOST else metrics.host
-    return f"http://{host}:{metrics.port}"
+    return f"http://{socket.getfqdn() if host in ANY_HOST else host}:{settings.worker.lookup_port}"
 
 
 def partition_for(user_id: str, partitions: int) -> int:
@@ -148,65 +147,47 @@ class LocalLookup:
         return Answer(200, answer.to_bytes())
 
 
-class LookupRouter:
-    """Answers on the worker's public port: its own partitions through its batch process,
-    the others forwarded to their owners."""
+@dataclass(frozen=True, slots=True)
+class Routes:
+    """Who holds what, as of the last rebalance (the worker hands it over after each one)."""
 
-    def __init__(
-        self,
-        partitions: int,
-        local_url: str,
-        own_url: str,
-        assigned: Callable[[], frozenset[int]],
-        owners: Callable[[], Mapping[int, str]],
-        timeout_s: float,
-        token: str | None,
-    ) -> None:
-        self._partitions = partitions
-        self._local_url = local_url  # the batch process's loopback endpoint
-        self._own_url = own_url
-        self._assigned = assigned
-        self._owners = owners  # partition -> advertised URL of the worker that holds it
+    partitions: int  # of the clicks topic
+    assigned: frozenset[int]  # this worker's
+    owners: Mapping[int, str]  # partition -> advertised URL of the worker that holds it
+
+
+class LookupRouter:
+    """Answers on the worker's lookup port, in its batch process: its own partitions from its
+    store, the others forwarded to their owners."""
+
+    def __init__(self, local: Lookup, own_url: str, timeout_s: float, token: str | None) -> None:
+        self._local = local
+        self._own_url = own_url.rstrip("/")
         self._timeout_s = timeout_s
         self._token = token
-
-    @classmethod
-    def of_worker(
-        cls,
-        settings: Settings,
-        batch_port: int,
-        restored: Callable[[], frozenset[int]],
-        owners: Callable[[], Mapping[int, str]],
-    ) -> LookupRouter:
-        """The router of a worker whose batch process listens on ``batch_port``."""
-        return cls(
-            partition_count(settings, settings.topics.clicks),
-            f"http://127.0.0.1:{batch_port}",
-            advertised_url(settings),
-            restored,
-            owners,
-            settings.worker.lookup_forward_timeout_s,
-            settings.metrics.secret_token(),
-        )
+        self.routes: Routes | None = None  # replaced whole: read by the endpoint thread
 
     def __call__(self, request: LookupRequest) -> Answer:
         problem = user_id_problem(request.user_id)
         if problem is not None:
             return Answer.error(400, problem)
-        partition = partition_for(request.user_id, self._partitions)
-        path = lookup_path(request.user_id)
-        if partition in self._assigned():
-            return self._get(f"{self._local_url}{path}?partition={partition}", forwarded=False)
+        routes = self.routes
+        if routes is None:
+            return Answer.error(503, "this worker holds no partitions yet (rebalancing)")
+        partition = partition_for(request.user_id, routes.partitions)
+        if partition in routes.assigned:
+            return self._local(LookupRequest(request.user_id, partition, request.forwarded))
         if request.forwarded:
             return Answer.error(503, f"partition {partition} is not on this worker (rebalancing)")
-        owner = self._owners().get(partition)
-        if owner is None or owner.rstrip("/") == self._own_url.rstrip("/"):
+        owner = routes.owners.get(partition, "").rstrip("/")
+        if not owner or owner == self._own_url:
             return Answer.error(503, f"partition {partition} has no owner yet (rebalancing)")
-        return self._get(f"{owner.rstrip('/')}{path}", forwarded=True)
-
-    def _get(self, url: str, forwarded: bool) -> Answer:
-        headers = {FORWARDED_HEADER: "1"} if forwarded else {}
-        return http_get(url, self._token if forwarded else None, self._timeout_s, headers)
+        return http_get(
+            owner + lookup_path(request.user_id),
+            self._token,
+            self._timeout_s,
+            {FORWARDED_HEADER: "1"},
+        )
 
 
 def http_get(

@@ -265,10 +265,12 @@ class WorkerSettings(BaseSettings):
     # ... and when a partition makes no progress for this long more, the worker exits (75) for a
     # supervisor to restart it (a lost broker is waited for instead: restarting cannot help).
     stall_exit_s: float = 60.0
-    # Lookups (GET /users/{id}/recommendations, stream/lookup.py): where the other workers reach
-    # this one's HTTP port, when it is not http://<metrics host>:<metrics port> (a container, a
-    # host behind NAT); how long a lookup forwarded to the owner of a user may take; and how
-    # fast the popularity of an item, recommended to users without state, fades.
+    # Lookups (GET /users/{id}/recommendations, stream/lookup.py): the port the batch process
+    # answers them on (host and token: the metrics group's; 0 = none); where the other workers
+    # reach it, when not http://<metrics host>:<lookup port> (a container, a host behind NAT);
+    # how long a lookup forwarded to the owner of a user may take; and how fast the popularity
+    # of an item, recommended to users without state, fades.
+    lookup_port: int = 9310
     advertised_url: str = ""
     lookup_forward_timeout_s: float = 2.0
     popularity_half_life_s: float = 3600.0

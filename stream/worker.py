@@ -39,7 +39,7 @@ from stream import endpoints, metrics
 from stream.batch_process import BatchProcess, ChildMetrics
 from stream.batcher import MicroBatcher
 from stream.health import WorkerHealth
-from stream.lookup import LookupRouter, advertised_url
+from stream.lookup import Routes, advertised_url
 from stream.pipeline import RawClick
 from stream.settings import Settings
 from stream.topics import ensure_worker_topics
@@ -112,12 +112,16 @@ class Worker:
         self._timers()
         self._agent()
 
-    def owners(self) -> dict[int, str]:
-        """{clicks partition: advertised URL of its worker}, as of the last rebalance (faust
-        spreads every member's URL and partitions with the assignment; any thread)."""
-        members = self.app.assignor.external_topics_metadata()  # type: ignore[attr-defined]
+    def routes(self, assigned: set[int]) -> Routes | None:
+        """Where lookups go after this rebalance: faust spreads every member's URL and
+        partitions with the assignment."""
         topic = self.settings.topics.clicks
-        return {p: url for url, topics in members.items() for p in topics.get(topic, ())}
+        members = self.app.assignor.external_topics_metadata()  # type: ignore[attr-defined]
+        owners = {p: url for url, topics in members.items() for p in topics.get(topic, ())}
+        # a group assigns every partition: the owners name them all (aiokafka's own count is
+        # known to the group's leader only)
+        partitions = self.app.consumer.topic_partitions(topic) or max(owners, default=-1) + 1
+        return Routes(partitions, frozenset(assigned), owners) if partitions else None
 
     # ------------------------------------------------------------------ the agent
     def _agent(self) -> None:
@@ -330,12 +334,14 @@ class Worker:
             self.health.assigned(partitions)
             self.watchdog.forget(set(self.clock.prepared_at) - partitions)
             self.clock.prepared(set())  # the watchdog waits until they are restored
-            if not ours:
-                return committed
             try:
-                resume = await self.batch.prepare(partitions)
+                await self.batch.set_routes(None)  # lookups wait for the restore
+                resume = await self.batch.prepare(partitions) if ours else {}
+                await self.batch.set_routes(self.routes(partitions))
             except BrokenProcessPool as e:
                 _crash(e)
+            if not ours:
+                return committed
             self.health.restored(partitions)
             self.clock.prepared(partitions)
             for tp in ours:
@@ -386,15 +392,11 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         health.model_loaded(version)
         metrics.WORKER_REGISTRY.register(ChildMetrics(batch.endpoint_port))
         worker = Worker(settings, batch, health)
-        router = LookupRouter.of_worker(
-            settings, batch.endpoint_port, health.restored_partitions, worker.owners
-        )
         endpoints.serve(
             settings.metrics,
             settings.metrics.port,
             metrics.WORKER_REGISTRY,
             {"/healthz": health.live, "/readyz": health.ready},
-            router,
         )
         faust.Worker(
             worker.app, loglevel=loglevel, redirect_stdouts=False

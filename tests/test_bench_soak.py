@@ -29,10 +29,12 @@ def test_bench_soak_quick(tmp_path: Path) -> None:
 
     assert result.acked == sum(r.sent for r in result.rows) > 0 and result.failed == 0
     assert result.missing == 0, result.table()  # every acked click answered, the kill included
-    assert all(r.received > 0 and r.p99_ms > 0 for r in result.rows), result.table()
+    # the worker restarts in the kill's row (for 10-20 s, the row's length): the others answer
+    # clicks and lookups all along
+    running = [r for r in result.rows if r.index != config.kill_row]
+    assert all(r.received > 0 and r.p99_ms > 0 for r in running), result.table()
+    assert all(r.lookups > 0 and r.lookup_p99_ms > 0 for r in running), result.table()
     assert all(r.broker_rss_mib > 0 and r.worker_rss_mib > 0 for r in result.rows)
-    # users are looked up throughout; a row without the worker's restart answers every one
-    assert all(r.lookups > 0 and r.lookup_p99_ms > 0 for r in result.rows), result.table()
     assert result.rows[0].lookups_failed == 0 and len(result.lookup_ms) > 0
     assert result.restore_s is not None and "kill -9" in result.rows[2].events
     assert result.stall is not None

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 from conftest import Contract
-from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from stream import endpoints
@@ -26,6 +25,7 @@ from stream.lookup import (
     LocalLookup,
     LookupRequest,
     LookupRouter,
+    Routes,
     lookup_path,
     match,
     partition_for,
@@ -72,8 +72,8 @@ def test_a_lookup_path_names_its_user_exactly(user: str) -> None:
 # ------------------------------------------------------------------ two workers over HTTP
 @dataclass
 class FakeWorker:
-    """One worker's two lookup endpoints, as a worker runs them: its batch process's (the
-    store) on a private port and its public one (the router), on real HTTP servers."""
+    """One worker's lookups as its batch process serves them: its store and the router, on a
+    real HTTP server, with the routes a rebalance would hand over."""
 
     worker_id: str
     partition: int  # the one partition it holds
@@ -119,17 +119,9 @@ def workers(tmp_path: Path) -> Iterator[dict[str, FakeWorker]]:
         w = FakeWorker(
             worker_id, partition, StateStore(tmp_path / worker_id, OPTIONS), Popularity(60, 0)
         )
-        local_port = endpoints.serve_private(CollectorRegistry(), w.local())
-        router = LookupRouter(
-            PARTITIONS,
-            f"http://127.0.0.1:{local_port}",
-            owners[partition],
-            lambda p=partition: frozenset({p}),  # type: ignore[misc]
-            lambda: owners,
-            timeout_s=2.0,
-            token=TOKEN,
-        )
-        endpoints.serve(where, ports[worker_id], CollectorRegistry(), {}, router)
+        router = LookupRouter(w.local(), owners[partition], timeout_s=2.0, token=TOKEN)
+        router.routes = Routes(PARTITIONS, frozenset({partition}), owners)
+        endpoints.serve(where, ports[worker_id], None, lookup=router)
         w.url = owners[partition]
         out[worker_id] = w
     yield out
@@ -192,22 +184,18 @@ def test_what_cannot_be_answered_is_refused_with_a_reason(
     # a forwarded request is answered by its receiver or refused, never forwarded again
     status, body = get(b.url + lookup_path(user_in(0)), **{FORWARDED_HEADER: "1"})
     assert status == 503 and "not on this worker" in body["error"]
-    # a batch process asked for a partition it has not restored
+    # a store asked for a partition it has not restored
     status = a.local()(LookupRequest(user_in(1), 1, forwarded=False)).status
     assert status == 503
+    # during a rebalance, before the routes are handed over
+    router = LookupRouter(a.local(), a.url, timeout_s=1.0, token=TOKEN)
+    answer = router(LookupRequest(user_in(0), None, forwarded=False))
+    assert answer.status == 503 and b"rebalancing" in answer.body
     # an owner that does not answer
-    router = LookupRouter(
-        PARTITIONS,
-        "http://127.0.0.1:9",
-        a.url,
-        frozenset,
-        lambda: {1: f"http://127.0.0.1:{free_port()}"},
-        timeout_s=1.0,
-        token=TOKEN,
-    )
+    router.routes = Routes(PARTITIONS, frozenset({0}), {1: f"http://127.0.0.1:{free_port()}"})
     answer = router(LookupRequest(user_in(1), None, forwarded=False))
     assert answer.status == 503 and b"did not answer" in answer.body
     # a partition no worker holds yet
-    router = LookupRouter(PARTITIONS, "", a.url, frozenset, dict, timeout_s=1.0, token=None)
+    router.routes = Routes(PARTITIONS, frozenset({0}), {})
     answer = router(LookupRequest(user_in(1), None, forwarded=False))
     assert answer.status == 503 and b"no owner yet" in answer.body

@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from model.data import synthetic
 from model.glintru import GlintRU, GlintRUConfig, build_glintru
 from stream.broker import free_port
 from stream.clicks import Rejection, parse_click
-from stream.lookup import lookup_path
+from stream.lookup import http_get, lookup_path
 from stream.messages import LookupSource, RejectReason
 from stream.settings import RocksDBSettings
 from stream.state import StateStore
@@ -103,7 +102,7 @@ class Scenario:
     checked: int = 0  # recommendations already verified
 
     def worker(self, worker_id: str) -> WorkerProcess:
-        return WorkerProcess(self.env, worker_id, self.log_dir, port=free_port())
+        return WorkerProcess(self.env, worker_id, self.log_dir, lookup_port=free_port())
 
     def produce_phase(self, phase: int, pace_s: float = 0.0) -> None:
         for ts, user, item in self.data_chunks[phase]:
@@ -198,7 +197,7 @@ def scenario(
         GLINTSTREAM_MODEL_STORE=f"file://{root / 'store'}",
         GLINTSTREAM_WORKER_STATUS_INTERVAL_S=1,
     )
-    a = WorkerProcess(env, "a", root, port=free_port()).start()
+    a = WorkerProcess(env, "a", root, lookup_port=free_port()).start()
     a.wait_ready()  # also creates the topics
     ledger = Ledger()
     s = Scenario(
@@ -342,15 +341,15 @@ def check_lookups(scenario: Scenario, workers: list[WorkerProcess]) -> None:
         latest[out["user_id"]] = out
 
     def lookup(w: WorkerProcess, user: str) -> dict:
-        url = f"http://127.0.0.1:{w.port}{lookup_path(user)}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            got: dict = json.loads(response.read())
+        answer = http_get(f"http://127.0.0.1:{w.lookup_port}{lookup_path(user)}", None, 10)
+        assert answer.status == 200, (w.worker_id, user, answer)
+        got: dict = json.loads(answer.body)
         scenario.contract("user-recommendations", got)
         return got
 
     answered_by = set()
     for w in workers:
-        url = f"http://127.0.0.1:{w.port}"
+        url = f"http://127.0.0.1:{w.lookup_port}"
         for user, sent in latest.items():
             deadline = time.monotonic() + 10  # the store commits just after the topic has it
             while (got := lookup(w, user))["click"] != sent["click"]:

@@ -132,7 +132,7 @@ def tail(
 
 @click.command()
 @click.argument("user_id")
-@click.option("--url", help="A worker's endpoint [http://<metrics_host>:<metrics_port>].")
+@click.option("--url", help="A worker's lookups [http://<metrics_host>:<worker_lookup_port>].")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds.")
 @pass_settings
 def recs(settings: Settings, user_id: str, url: str | None, timeout: float) -> None:
@@ -140,7 +140,7 @@ def recs(settings: Settings, user_id: str, url: str | None, timeout: float) -> N
     from stream.lookup import http_get, lookup_path
 
     metrics = settings.metrics
-    base = (url or f"http://{metrics.host}:{metrics.port}").rstrip("/")
+    base = (url or f"http://{metrics.host}:{settings.worker.lookup_port}").rstrip("/")
     answer = http_get(base + lookup_path(user_id), metrics.secret_token(), timeout)
     if answer.status != 200:
         raise click.ClickException(f"{answer.status}: {answer.body.decode(errors='replace')}")

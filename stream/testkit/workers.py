@@ -42,11 +42,13 @@ class WorkerProcess:
         worker_id: str,
         log_dir: Path,
         command: list[str] | None = None,
-        port: int = 0,
+        lookup_port: int = 0,
     ) -> None:
-        """``port``: its HTTP endpoints (metrics, health, lookups); 0 = as ``env`` says."""
-        self.env = {**env, "GLINTSTREAM_METRICS_PORT": str(port)} if port else env
-        self.port = port
+        """``lookup_port``: where it answers lookups; 0 = as ``env`` says."""
+        self.env = (
+            {**env, "GLINTSTREAM_WORKER_LOOKUP_PORT": str(lookup_port)} if lookup_port else env
+        )
+        self.lookup_port = lookup_port
         self.worker_id = worker_id
         self.log_path = log_dir / f"{worker_id}.log"
         self.command = command or [GLINTSTREAM, "worker", "--worker-id", worker_id]
@@ -287,7 +289,10 @@ def stored_records(
 
 
 def worker_env(**values: Any) -> dict[str, str]:
+    """This process's environment without its GLINTSTREAM_ settings, plus ``values``; no
+    lookup port unless given (tests and benchmarks run several workers on one host)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GLINTSTREAM_")}
+    env["GLINTSTREAM_WORKER_LOOKUP_PORT"] = "0"
     env.update({k: str(v) for k, v in values.items()})
     return env
 
