@@ -121,7 +121,7 @@ class KafkaSettings(BaseSettings):
 
 
 class TopicSettings(BaseSettings):
-    """Topic names; those in ``INTERNAL_TOPICS``, unless set, follow ``worker.app_id``."""
+    """Topic names; those in ``INTERNAL_NAMES``, unless set, follow ``worker.app_id``."""
 
     model_config = _config("TOPIC_")
 
@@ -136,12 +136,14 @@ class TopicSettings(BaseSettings):
     partitions: int = Field(4, validation_alias=_env(f"{ENV_PREFIX}PARTITIONS"))
 
 
-# Topics no two deployments on one cluster may share (two sharing a changelog would restore each
-# other's users): unless set, "<worker.app_id>-<suffix>".
-INTERNAL_TOPICS = {
-    "state_changelog": "user-state",
-    "model_updates": "model-updates",
-    "worker_status": "status",
+# Names no two deployments on one cluster may share (two sharing a changelog would restore each
+# other's users, two sharing the fine-tune group would split its clicks): unless set,
+# "<worker.app_id>-<suffix>". (settings group, field) -> suffix.
+INTERNAL_NAMES = {
+    ("topics", "state_changelog"): "user-state",
+    ("topics", "model_updates"): "model-updates",
+    ("topics", "worker_status"): "status",
+    ("finetune", "group_id"): "finetune",
 }
 
 
@@ -292,7 +294,7 @@ class FinetuneSettings(BaseSettings):
 
     model_config = _config("FINETUNE_")
 
-    group_id: str = "glintstream-finetune"  # its own consumer group on clicks
+    group_id: str = ""  # its own consumer group on clicks (INTERNAL_NAMES)
     metrics_port: int = 9301  # /metrics; 0 = off
     every_clicks: int = 2000  # run after this many new clicks ...
     every_s: float = 60.0  # ... or this long after the last run, if any click came
@@ -335,8 +337,8 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=lambda: WorkerSettings())
     rocksdb: RocksDBSettings = Field(default_factory=lambda: RocksDBSettings())
     finetune: FinetuneSettings = Field(default_factory=lambda: FinetuneSettings())
-    # the INTERNAL_TOPICS this object derived (none was set), to derive again in with_overrides
-    _derived: frozenset[str] = PrivateAttr(frozenset())
+    # the INTERNAL_NAMES this object derived (none was set), to derive again in with_overrides
+    _derived: frozenset[tuple[str, str]] = PrivateAttr(frozenset())
 
     def torch_device(self) -> str:
         if self.device != "auto":
@@ -346,21 +348,23 @@ class Settings(BaseSettings):
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     @model_validator(mode="after")
-    def _derive_internal_topics(self) -> Settings:
+    def _derive_internal_names(self) -> Settings:
         derived = {
-            field: f"{self.worker.app_id}-{suffix}"
-            for field, suffix in INTERNAL_TOPICS.items()
-            if not getattr(self.topics, field)
+            (group, field): f"{self.worker.app_id}-{suffix}"
+            for (group, field), suffix in INTERNAL_NAMES.items()
+            if not getattr(getattr(self, group), field)
         }
-        object.__setattr__(self, "topics", self.topics.model_copy(update=derived))
+        for group in {group for group, _ in derived}:
+            update = {field: name for (g, field), name in derived.items() if g == group}
+            object.__setattr__(self, group, getattr(self, group).model_copy(update=update))
         self._derived = frozenset(derived)
         return self
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with some settings replaced, by their flat names (``worker_id="w2"``)."""
         groups, root = _by_group(overrides)
-        for field in self._derived:  # derived again, from the app id the copy will have
-            groups.setdefault("topics", {}).setdefault(field, "")
+        for group, field in self._derived:  # derived again, from the copy's app id
+            groups.setdefault(group, {}).setdefault(field, "")
         values: dict[str, Any] = {**dict(self), **root}
         for group, new in groups.items():
             current: BaseSettings = getattr(self, group)

@@ -15,7 +15,7 @@ from test_worker import make_checkpoint
 from model.data import synthetic
 from stream.broker import Broker
 from stream.settings import Settings, env_name, load_settings
-from stream.state import ChangelogReader, StateStore, UserRecord
+from stream.state import ChangelogReader, StateStore
 from stream.testkit import (
     SMALL_STORE,
     ClickProducer,
@@ -26,6 +26,7 @@ from stream.testkit import (
     private_worker_env,
 )
 from stream.topics import LEGACY_CHANGELOG, ensure_topics, ensure_worker_topics
+from stream.user_record import UserRecord
 
 pytestmark = pytest.mark.timeout(120)
 DERIVED = ("STATE_CHANGELOG", "MODEL_UPDATES", "WORKER_STATUS")

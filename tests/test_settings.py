@@ -269,3 +269,17 @@ async def test_oauthbearer_settings(monkeypatch: pytest.MonkeyPatch) -> None:
             await wrong.kafka.aiokafka_kwargs()["sasl_oauth_token_provider"].token()
     finally:
         await runner.cleanup()
+
+
+def test_internal_names_follow_the_app_id_unless_set() -> None:
+    settings = load_settings(worker_app_id="shop-a", topic_worker_status="statuses")
+    assert settings.topics.state_changelog == "shop-a-user-state"
+    assert settings.topics.model_updates == "shop-a-model-updates"
+    assert settings.finetune.group_id == "shop-a-finetune"
+    assert settings.topics.worker_status == "statuses"  # set: kept
+    other = settings.with_overrides(worker_app_id="shop-b")
+    assert (other.topics.state_changelog, other.finetune.group_id) == (
+        "shop-b-user-state",
+        "shop-b-finetune",
+    )
+    assert other.topics.worker_status == "statuses"
