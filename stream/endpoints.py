@@ -82,7 +82,11 @@ def wsgi_app(
         path = environ.get("PATH_INFO", "")
         user_id = None if lookup is None else lookups.match(path)
         if lookup is not None and user_id is not None:
-            answer = lookup(_lookup_request(user_id, environ))
+            try:
+                answer = lookup(_lookup_request(user_id, environ))
+            except Exception as e:  # e.g. a store closing under it: an answer, never a 500 page
+                log.warning("lookup of %r failed", user_id, exc_info=True)
+                answer = lookups.Answer.error(503, f"lookup failed: {e!r}")
             start_response(_status(answer.status), [("Content-Type", "application/json")])
             return [answer.body]
         route = routes.get(path)

@@ -199,3 +199,14 @@ def test_what_cannot_be_answered_is_refused_with_a_reason(
     router.routes = Routes(PARTITIONS, frozenset({0}), {})
     answer = router(LookupRequest(user_in(1), None, forwarded=False))
     assert answer.status == 503 and b"no owner yet" in answer.body
+
+
+def test_a_lookup_that_breaks_is_answered_503_not_a_500_page() -> None:
+    def broken(request: LookupRequest) -> Any:
+        raise RuntimeError("the store is closing")
+
+    port = free_port()
+    endpoints.serve(MetricsSettings(host="127.0.0.1"), port, None, lookup=broken)
+    status, body = get(f"http://127.0.0.1:{port}{lookup_path('u1')}", token=None)
+    assert status == 503 and "the store is closing" in body["error"]
+    assert get(f"http://127.0.0.1:{port}/metrics", token=None)[0] == 404  # lookups only
