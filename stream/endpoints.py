@@ -32,9 +32,10 @@ from stream.settings import MetricsSettings
 
 log = logging.getLogger(__name__)
 
-# How long a busy thread (faust's loop, a batch's Python work) may keep the GIL while the
-# endpoint thread waits for it: Python's default 5 ms, paid at every hand-over, would be most of
-# a lookup's latency budget. A shorter interval costs nothing while no other thread waits.
+# How long a batch's Python work may keep the GIL while the lookups' endpoint thread waits for
+# it: Python's default 5 ms, paid at every hand-over, would be most of a lookup's latency
+# budget. A shorter interval costs nothing while no other thread waits. (Not in the faust
+# process: its consumer thread and event loop would trade the GIL ten times as often.)
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 Route = Callable[[], tuple[bool, Mapping[str, Any]]]

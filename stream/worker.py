@@ -383,7 +383,6 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     that cannot serve says so at once instead of waiting for a broker.
     """
     mode.loop.use(settings.worker.event_loop)
-    endpoints.answer_promptly()
     batch = BatchProcess(settings, loglevel)
     version = batch.start()
     try:
