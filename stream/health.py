@@ -61,11 +61,6 @@ class WorkerHealth:
             self._stalled = dict(partitions)
 
     # ------------------------------------------------------------- read by the endpoints
-    def restored_partitions(self) -> frozenset[int]:
-        """The assigned partitions restored so far."""
-        with self._lock:
-            return self._restored & (self._assigned or frozenset())
-
     def live(self) -> tuple[bool, dict[str, Any]]:
         with self._lock:
             heartbeat_age = time.monotonic() - self._heartbeat
