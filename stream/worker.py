@@ -67,7 +67,7 @@ def faust_app(
 ) -> faust.App:
     """A faust app with the engine settings this broker needs (the pass-through floor of the
     benchmark uses the same, so the comparison is engine against engine). ``canonical_url``:
-    where the others reach this worker's endpoints (spread with the group assignment)."""
+    where the others reach this worker's lookups (spread with the group assignment)."""
     return faust.App(
         app_id,
         broker=settings.kafka.faust_broker_url(),
