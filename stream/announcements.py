@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from model.registry import VersionInfo
 from stream.messages import MODEL_UPDATE_KEY, ModelUpdate, UpdateEvent
 from stream.settings import Settings
-from stream.topics import ensure_control_topics, read_to_end
+from stream.topics import ensure_control_topics, read_messages
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +71,9 @@ def announce(settings: Settings, update: ModelUpdate) -> None:
 
 def read_latest(settings: Settings) -> ModelUpdate | None:
     """The last valid announcement (None: none), read once to the end."""
-    latest = None
-    topic = settings.topics.model_updates
-    for msg in read_to_end(
-        settings, topic, READ_TIMEOUT_S, **{"fetch.wait.max.ms": READ_FETCH_WAIT_MS}
-    ):
-        try:
-            latest = ModelUpdate.model_validate_json(msg.value() or b"")
-        except ValidationError:
-            continue
-    return latest
+    topic, wait = settings.topics.model_updates, {"fetch.wait.max.ms": READ_FETCH_WAIT_MS}
+    updates = [u for _, u in read_messages(settings, topic, ModelUpdate, READ_TIMEOUT_S, **wait)]
+    return updates[-1] if updates else None
 
 
 class Announcements:

@@ -10,19 +10,14 @@ matching record each time it runs: replaying one reason twice sends its clicks t
 from __future__ import annotations
 
 import base64
-import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
 from stream.messages import DeadLetter, RejectReason
 from stream.produce import producer_config
 from stream.settings import Settings
-from stream.topics import read_to_end
-
-log = logging.getLogger(__name__)
+from stream.topics import read_messages
 
 READ_TIMEOUT_S = 60.0  # reading the whole topic; what is left after it is reported
 FLUSH_TIMEOUT_S = 60.0
@@ -44,17 +39,9 @@ def read_letters(
     settings: Settings, reason: RejectReason | None = None, timeout_s: float = READ_TIMEOUT_S
 ) -> Iterator[Letter]:
     """The dead letters from the topic's beginning (with ``reason`` only, when given)."""
-    unreadable = 0
-    for msg in read_to_end(settings, settings.topics.dlq, timeout_s):
-        try:
-            letter = DeadLetter.model_validate_json(msg.value() or b"")
-        except ValidationError:
-            unreadable += 1
-            continue
+    for msg, letter in read_messages(settings, settings.topics.dlq, DeadLetter, timeout_s):
         if reason is None or letter.reason == reason:
             yield Letter(msg.key(), letter, msg.partition() or 0, msg.offset() or 0)
-    if unreadable:
-        log.warning("%d records of %s are not dead letters", unreadable, settings.topics.dlq)
 
 
 def count_by_reason(letters: Iterable[Letter]) -> Counter[RejectReason]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -19,10 +19,13 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic
+from pydantic import BaseModel, ValidationError
 
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
 
 ADMIN_TIMEOUT_S = 10.0
 BROKER_WAIT_S = 60.0  # `make demo` starts the broker and the worker at once
@@ -226,3 +229,18 @@ def read_to_end(
             )
     finally:
         consumer.close()
+
+
+def read_messages(
+    settings: Settings, topic: str, model: type[M], timeout_s: float, **consumer_config: Any
+) -> Iterator[tuple[Message, M]]:
+    """``read_to_end``'s records that are valid ``model`` messages, with them; the others are
+    skipped and counted in one warning."""
+    unreadable = 0
+    for msg in read_to_end(settings, topic, timeout_s, **consumer_config):
+        try:
+            yield msg, model.model_validate_json(msg.value() or b"")
+        except ValidationError:
+            unreadable += 1
+    if unreadable:
+        log.warning("%d records of %s are not %s messages", unreadable, topic, model.__name__)

@@ -390,15 +390,9 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         health = WorkerHealth(HEARTBEAT_TIMEOUT_S, batch.alive)
         health.model_loaded(version)
         metrics.WORKER_REGISTRY.register(ChildMetrics(batch.endpoint_port))
-        worker = Worker(settings, batch, health)
-        endpoints.serve(
-            settings.metrics,
-            settings.metrics.port,
-            metrics.WORKER_REGISTRY,
-            {"/healthz": health.live, "/readyz": health.ready},
-        )
-        faust.Worker(
-            worker.app, loglevel=loglevel, redirect_stdouts=False
-        ).execute_from_commandline()
+        app = Worker(settings, batch, health).app
+        routes = {"/healthz": health.live, "/readyz": health.ready}
+        endpoints.serve(settings.metrics, settings.metrics.port, metrics.WORKER_REGISTRY, routes)
+        faust.Worker(app, loglevel=loglevel, redirect_stdouts=False).execute_from_commandline()
     finally:
         batch.close()

@@ -15,11 +15,9 @@ import os
 import socket
 import time
 
-from pydantic import ValidationError
-
 from stream.messages import WorkerStatus
 from stream.settings import Settings
-from stream.topics import read_to_end
+from stream.topics import read_messages
 
 LIVE_INTERVALS = 3
 READ_FETCH_WAIT_MS = 5000
@@ -44,14 +42,8 @@ def status_record(
 def read_statuses(settings: Settings) -> dict[str, WorkerStatus]:
     """The last status of every worker that ever wrote one (malformed records are skipped)."""
     latest: dict[str, WorkerStatus] = {}
-    topic = settings.topics.worker_status
-    for msg in read_to_end(
-        settings, topic, READ_TIMEOUT_S, **{"fetch.wait.max.ms": READ_FETCH_WAIT_MS}
-    ):
-        try:
-            status = WorkerStatus.model_validate_json(msg.value() or b"")
-        except ValidationError:
-            continue
+    topic, wait = settings.topics.worker_status, {"fetch.wait.max.ms": READ_FETCH_WAIT_MS}
+    for _, status in read_messages(settings, topic, WorkerStatus, READ_TIMEOUT_S, **wait):
         latest[status.worker_id] = status
     return latest
 
