@@ -70,3 +70,29 @@ def test_a_batch_is_delivered_after_the_broker_restarts(tmp_path: Path) -> None:
     finally:
         publisher.close()
         broker.stop()
+
+
+class AckWithoutOffset:
+    """What librdkafka hands the delivery callback for an ack that carries no offset."""
+
+    def topic(self) -> str:
+        return "t"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> None:
+        return None
+
+
+def test_an_ack_without_an_offset_fails_the_batch_for_a_retry() -> None:
+    publisher = Publisher(load_settings(kafka_bootstrap_servers="127.0.0.1:1"))
+    publisher._on_delivery(None, AckWithoutOffset())  # type: ignore[arg-type]
+    try:
+        publisher.wait()
+    except DeliveryError as e:
+        assert "acknowledged without an offset: t[0]" in str(e)
+    else:
+        raise AssertionError("an ack without an offset was taken as delivered")
+    finally:
+        publisher.close()
