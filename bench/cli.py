@@ -353,3 +353,91 @@ def soak(
     click.echo(result.table())
     if not all(met for _, _, met in result.verdicts()):
         raise SystemExit(1)
+
+
+@bench.command()
+@click.option("--dataset", default="ml-1m", show_default=True)
+@click.option(
+    "--fraction", type=float, default=0.8, show_default=True, help="T: this share of clicks."
+)
+@click.option(
+    "--init-from",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The starting checkpoint (trained on clicks before T only); default: train one.",
+)
+@click.option("--train-minutes", type=float, default=30.0, show_default=True)
+@click.option("--users", type=int, help="Only the first N users who click after T.")
+@click.option("--slices", type=int, default=10, show_default=True)
+@click.option("--oracle-slices", type=int, default=5, show_default=True)
+@click.option("--oracle-epochs", type=float, default=1.0, show_default=True)
+@click.option("--arms", default=",".join(("frozen", "finetuned", "oracle")), show_default=True)
+@click.option("--broker", help="Bootstrap servers of a running cluster (default: a private one).")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A fine-tune job setting (e.g. steps=50); the job's defaults otherwise.",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".run/bench-online"),
+    show_default=True,
+    help="The stream, every arm's recommendations (JSON lines), logs, the starting checkpoint.",
+)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--quick", is_flag=True, help="The <= 2 minute version (few users, short training).")
+def online(
+    dataset: str,
+    fraction: float,
+    init_from: Path | None,
+    train_minutes: float,
+    users: int | None,
+    slices: int,
+    oracle_slices: int,
+    oracle_epochs: float,
+    arms: str,
+    broker: str | None,
+    sets: tuple[str, ...],
+    work_dir: Path,
+    plot: Path | None,
+    quick: bool,
+) -> None:
+    """Frozen vs fine-tuned vs retrain oracle on a time split: prequential HR@10 / NDCG@10."""
+    import logging
+
+    from bench.online import OnlineBench, OnlineBenchConfig
+    from bench.stream import machine
+    from stream.cli.context import parse_sets
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    config = OnlineBenchConfig(
+        dataset=dataset,
+        fraction=fraction,
+        init_from=init_from,
+        train_minutes=train_minutes,
+        users=users,
+        slices=slices,
+        oracle_slices=oracle_slices,
+        oracle_epochs=oracle_epochs,
+        arms=tuple(a for a in arms.split(",") if a),
+        bootstrap_servers=broker,
+        finetune=parse_sets(sets),
+        work_dir=work_dir,
+        plot=plot,
+    )
+    result = OnlineBench(config.quick() if quick else config).run()
+    overrides = ", ".join(f"{k}={v}" for k, v in config.finetune.items()) or "none"
+    click.echo(
+        f"machine: {machine()}; dataset {dataset}; fine-tune settings overridden: {overrides}"
+    )
+    click.echo(result.table())
+    if result.arms:
+        click.echo(result.slice_table())
+    if plot is not None and result.arms:
+        from bench.plot import online_plot
+
+        click.echo(f"plot: {online_plot(result, plot)}")
+    if result.failed:
+        raise SystemExit(1)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from bench.online import OnlineBenchResult
     from bench.soak import SoakResult
     from bench.stream import Latency
 
@@ -70,6 +71,30 @@ def soak_plot(result: SoakResult, path: Path) -> Path:
                 ax.axvline(r.index, color="grey", linestyle="--", alpha=0.6)
     c = result.config
     fig.suptitle(f"glintstream soak: {c.rate:,.0f} clicks/s for {c.seconds / 60:.0f} min")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def online_plot(result: OnlineBenchResult, path: Path) -> Path:
+    """Prequential NDCG@10 per slice of the post-T stream, one line per arm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, arm in result.arms.items():
+        x = range(1, len(arm.slices) + 1)
+        ax.plot(
+            x, [s.ndcg for s in arm.slices], marker="o", label=f"{name} ({arm.overall.ndcg:.4f})"
+        )
+    ax.set_xlabel("slice of the post-T stream (equal numbers of clicks, in time order)")
+    ax.set_ylabel("prequential NDCG@10")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -25,3 +25,15 @@ def histogram_totals(url: str) -> dict[str, tuple[float, float]]:
                 count += sample.value
         totals[family.name] = (total, count)
     return totals
+
+
+def sample_values(url: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """{sorted label pairs: value} of every sample called ``name``, from one scrape of ``url``."""
+    with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
+        text = response.read().decode()
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }

@@ -75,6 +75,17 @@ class RunResult:
     seconds: float = 0.0
 
 
+def recent_clicks(settings: Settings) -> RecentClicks:
+    """The job's store of recent clicks (one process at a time may open it)."""
+    options = settings.finetune
+    return RecentClicks(
+        settings.paths.state_dir / "finetune" / "recent",
+        options.user_clicks,
+        options.max_users,
+        settings.rocksdb.model_copy(update={"block_cache_mb": options.block_cache_mb}),
+    )
+
+
 class FinetuneJob:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -82,12 +93,7 @@ class FinetuneJob:
         self.root = settings.paths.state_dir / "finetune"
         self.releases = Releases(settings, keep=options.keep_versions)
         self.models = ModelSource.from_settings(settings, "finetune")
-        self.store = RecentClicks(
-            self.root / "recent",
-            options.user_clicks,
-            options.max_users,
-            settings.rocksdb.model_copy(update={"block_cache_mb": options.block_cache_mb}),
-        )
+        self.store = recent_clicks(settings)
         self.device = settings.torch_device()
         self.runs = 0
 
