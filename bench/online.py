@@ -54,7 +54,7 @@ from bench.online_split import (
 from bench.scrape import sample_values
 from model.checkpoint import load_checkpoint, read_manifest
 from model.data import load_dataset
-from model.finetune import finetune, grow_vocabulary, to_indices
+from model.finetune import finetune, grow_vocabulary, item_contexts, to_indices
 from model.glintru import GlintRU
 from model.train import TrainConfig, train
 from stream.broker import Broker, free_port
@@ -646,7 +646,10 @@ class OnlineBench:
                 history = history_before(split, a)
                 known = set(vocab)
                 added = list(dict.fromkeys(i for h in history for i in h if i not in known))
-                model, vocab = grow_vocabulary(model, {"vocab": vocab}, added, seed=s)
+                contexts = item_contexts(model, vocab, history, added)
+                model, vocab = grow_vocabulary(
+                    model, {"vocab": vocab}, added, seed=s, contexts=contexts
+                )
                 sequences = to_indices(history, vocab)
                 steps = math.ceil(c.oracle_epochs * len(sequences) / c.oracle_batch_size)
                 model = finetune(

@@ -158,12 +158,21 @@ def score_fn(model: SequentialRecommender, device: str | torch.device | None = N
 
     @torch.no_grad()
     def score(histories: list[np.ndarray]) -> Tensor:
-        if model.chunks:
-            return model.logits(encode_histories(model, histories, device))
-        item_seq, lengths = sequences_to_batch(histories, model.max_len)
-        return model.full_sort_predict(item_seq.to(device), lengths.to(device))
+        return model.logits(represent(model, histories, device))
 
     return score
+
+
+@torch.no_grad()
+def represent(
+    model: SequentialRecommender, histories: list[np.ndarray], device: str | torch.device
+) -> Tensor:
+    """User representations after each history (what ``logits`` scores items with): a model
+    that ``chunks`` reads each whole history, the others their last ``max_len`` clicks."""
+    if model.chunks:
+        return encode_histories(model, histories, device)
+    item_seq, lengths = sequences_to_batch(histories, model.max_len)
+    return model(item_seq.to(device), lengths.to(device))
 
 
 @torch.no_grad()

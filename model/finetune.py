@@ -22,8 +22,9 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from model.evaluate import masked_ranks, metrics_from_ranks, score_fn
+from model.evaluate import masked_ranks, metrics_from_ranks, represent, score_fn
 from model.glintru import GlintRU, build_glintru
 from model.steps import LossStep, loss_steps
 
@@ -48,12 +49,18 @@ def new_items_in(vocab: list[str], sequences: Iterable[list[str]], min_clicks: i
 
 
 def grow_vocabulary(
-    model: GlintRU, manifest: dict, new_items: list[str], seed: int = 0
+    model: GlintRU,
+    manifest: dict,
+    new_items: list[str],
+    seed: int = 0,
+    contexts: dict[str, Tensor] | None = None,
 ) -> tuple[GlintRU, list[str]]:
     """A copy of ``model`` whose vocabulary ends with ``new_items`` (those it does not know yet).
 
-    Returns (model, vocab). Rows 0..num_items keep their index and weights; each new row is the
-    mean of the real items' rows plus noise of ``NEW_ITEM_NOISE`` times their std per dimension.
+    Returns (model, vocab). Rows 0..num_items keep their index and weights. A new item with a
+    context (``item_contexts``) starts there: it scores high for users like those who clicked
+    it, so it can be recommended before training has learned it. The others start at the mean
+    of the real items' rows plus noise of ``NEW_ITEM_NOISE`` times their std per dimension.
     """
     if not isinstance(model, GlintRU):
         raise TypeError(f"only GLINT-RU models can grow their vocabulary, not {type(model)}")
@@ -74,8 +81,54 @@ def grow_vocabulary(
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn(len(added), real.size(1), generator=generator)
         rows = real.mean(0) + NEW_ITEM_NOISE * real.std(0) * noise.to(real.device)
+        for n, item in enumerate(added):
+            if contexts and item in contexts:
+                rows[n] = contexts[item].to(rows)
         grown.item_embedding.weight.copy_(torch.cat([old_table, rows.to(old_table.dtype)]))
     return grown.train(model.training), vocab + added
+
+
+@torch.no_grad()
+def item_contexts(
+    model: GlintRU, vocab: list[str], sequences: Iterable[list[str]], items: list[str]
+) -> dict[str, Tensor]:
+    """An embedding row for each of ``items`` (unknown to ``model``) from the clicks on it: the
+    mean of the user representations just before them (what would have had to score it high),
+    rescaled to the median norm of the real items' rows so it neither floods nor vanishes from
+    the rankings. Items whose clicks have no known history before them get none."""
+    wanted, index = set(items), {item: i for i, item in enumerate(vocab) if i > 0}
+    histories, owners = [], []
+    for seq in sequences:
+        known: list[int] = []
+        for item in seq:
+            if item in wanted and known:
+                histories.append(np.asarray(known, dtype=np.int64))
+                owners.append(item)
+            if item in index:
+                known.append(index[item])
+    if not histories:
+        return {}
+    was_training = model.training
+    model.eval()
+    try:
+        device = model.item_embeddings().device
+        vectors = torch.cat(
+            [
+                represent(model, histories[i : i + EVAL_BATCH_SIZE], device)
+                for i in range(0, len(histories), EVAL_BATCH_SIZE)
+            ]
+        )
+    finally:
+        model.train(was_training)
+    norm = model.item_embeddings()[1:].norm(dim=1).median()
+    rows: dict[str, list[int]] = {}
+    for n, item in enumerate(owners):
+        rows.setdefault(item, []).append(n)
+    out = {}
+    for item, chosen in rows.items():
+        mean = vectors[chosen].mean(0)
+        out[item] = mean * (norm / mean.norm().clamp_min(1e-12))
+    return out
 
 
 def to_indices(sequences: Iterable[list[str]], vocab: list[str]) -> list[np.ndarray]:

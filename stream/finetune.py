@@ -41,12 +41,14 @@ from model.finetune import (
     gate,
     grow_vocabulary,
     holdout_metrics,
+    item_contexts,
     new_items_in,
     split_holdout,
     to_indices,
     weights_finite,
 )
 from model.glintru import GlintRU
+from model.new_items import NewItemInit
 from model.registry import RegistryPinned
 from stream import endpoints, metrics
 from stream.clicks import Click, parse_click
@@ -130,7 +132,14 @@ class FinetuneJob:
         model, manifest, parent = self.load_current()
         raw = [items for _, items in self.store.sequences()]  # least recently active first
         added = new_items_in(manifest["vocab"], raw, opts.new_item_min_clicks)
-        grown, vocab = grow_vocabulary(model, manifest, added, seed=opts.seed + self.runs)
+        contexts = (
+            item_contexts(model, manifest["vocab"], raw, added)
+            if opts.new_item_init is NewItemInit.CONTEXT
+            else None
+        )
+        grown, vocab = grow_vocabulary(
+            model, manifest, added, seed=opts.seed + self.runs, contexts=contexts
+        )
         train, holdout = split_holdout(to_indices(raw, vocab), opts.holdout_users)
         figures: dict[str, Any] = {
             "holdout_users": len(holdout),

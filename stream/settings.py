@@ -32,6 +32,7 @@ from model.locations import (
     default_run_dir,
     default_state_dir,
 )
+from model.new_items import NewItemInit
 from stream import kafka_config
 from stream.messages import ScoringMode
 
@@ -307,6 +308,7 @@ class FinetuneSettings(BaseSettings):
     user_clicks: int = 200  # clicks kept per user (= the ML-1M window L)
     max_users: int = 20000  # users kept; the least recently active are evicted
     new_item_min_clicks: int = 2  # clicks before a new item joins the vocabulary
+    new_item_init: NewItemInit = NewItemInit.CONTEXT  # where its embedding row starts
     keep_versions: int = 5  # registry versions retained after a publish (the one default)
     block_cache_mb: int = 8  # RocksDB block cache of the job's store
     torch_threads: int = 1  # leaves the other cores to the workers

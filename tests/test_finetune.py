@@ -24,6 +24,7 @@ from model.finetune import (
     gate,
     grow_vocabulary,
     holdout_metrics,
+    item_contexts,
     new_items_in,
     split_holdout,
     to_indices,
@@ -144,6 +145,27 @@ def test_grown_items_can_be_learned_and_recommended() -> None:
     with torch.no_grad():
         scores = tuned.logits(tuned(torch.tensor([[7, 1]]), torch.tensor([2])))[0]
     assert int(scores.argmax()) == new
+
+
+@pytest.mark.parametrize("variant", ["faithful", "streaming"])
+def test_a_new_item_starts_where_the_users_who_clicked_it_are(variant: str) -> None:
+    # Untrained, a new item starts at the users' representations before its clicks: for such
+    # a user it ranks far above where the mean-of-items start puts it.
+    model = tiny(variant)
+    clicked = [["i3", "i7", "new"], ["i3", "i7", "i9"], ["i3", "i7", "new", "i2"]]
+    contexts = item_contexts(model, VOCAB, clicked, ["new", "never-clicked"])
+    assert set(contexts) == {"new"}  # no click, no context
+    norms = model.item_embedding.weight.detach()[1:].norm(dim=1)
+    assert contexts["new"].norm() == pytest.approx(float(norms.median()), rel=1e-5)
+
+    def rank(grown: GlintRU) -> int:
+        with torch.no_grad():
+            scores = grown.logits(grown(torch.tensor([[3, 7]]), torch.tensor([2])))[0, 1:]
+        return int((scores > scores[-1]).sum())
+
+    with_context, _ = grow_vocabulary(model, {"vocab": VOCAB}, ["new"], contexts=contexts)
+    at_mean, _ = grow_vocabulary(model, {"vocab": VOCAB}, ["new"])
+    assert rank(with_context) < min(rank(at_mean), NUM_ITEMS // 4)
 
 
 def test_split_holdout_never_trains_on_a_target() -> None:
