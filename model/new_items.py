@@ -8,3 +8,21 @@ from enum import StrEnum
 class NewItemInit(StrEnum):
     CONTEXT = "context"  # from the users who clicked it (``model.finetune.item_contexts``)
     MEAN = "mean"  # the mean of the known items' rows, plus noise
+
+
+# The manifest field (under "extra") of a fine-tuned checkpoint listing the items added by its last few
+# versions, newest last, one list per version: what the worker treats as fresh.
+FRESH_ITEMS = "fresh_items"
+
+
+def fresh_items(manifest: dict) -> list[str]:
+    """The items a checkpoint's manifest marks as fresh (none for a trained checkpoint)."""
+    return [item for added in manifest.get("extra", {}).get(FRESH_ITEMS, []) for item in added]
+
+
+def carry_fresh(parent: dict, added: list[str], versions: int) -> list[list[str]]:
+    """The ``FRESH_ITEMS`` of a version fine-tuned from ``parent``'s manifest that adds
+    ``added``: the items added by the last ``versions`` versions, this one included."""
+    if versions <= 0:
+        return []
+    return [*parent.get("extra", {}).get(FRESH_ITEMS, []), list(added)][-versions:]

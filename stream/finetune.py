@@ -48,7 +48,7 @@ from model.finetune import (
     weights_finite,
 )
 from model.glintru import GlintRU
-from model.new_items import NewItemInit
+from model.new_items import FRESH_ITEMS, NewItemInit, carry_fresh
 from model.registry import RegistryPinned
 from stream import endpoints, metrics
 from stream.clicks import Click, parse_click
@@ -169,7 +169,8 @@ class FinetuneJob:
         if not (finite and gate(new, current, opts.tolerance)):
             return RunResult(RunOutcome.REJECTED, parent, figures=figures)
         try:
-            version = self._publish(tuned, vocab, manifest, parent, figures)
+            fresh = carry_fresh(manifest, added, opts.fresh_versions)
+            version = self._publish(tuned, vocab, manifest, parent, figures, fresh)
         except RegistryPinned as e:
             figures["held"] = str(e)
             return RunResult(RunOutcome.HELD, parent, figures=figures)
@@ -182,6 +183,7 @@ class FinetuneJob:
         manifest: dict[str, Any],
         parent: int | None,
         figures: dict[str, Any],
+        fresh: list[list[str]],
     ) -> int:
         """Stage a checkpoint and publish it, unless a version is pinned (``RegistryPinned``)."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -195,7 +197,7 @@ class FinetuneJob:
                 vocab=vocab,
                 dataset=manifest.get("dataset", ""),
                 metrics={"finetune": figures},
-                extra={"finetuned_from": parent},
+                extra={"finetuned_from": parent, FRESH_ITEMS: fresh},
             )
             note = (
                 f"finetune run {self.runs}: {figures['train_users']} users, "

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from model.new_items import fresh_items
 from model.recommender import StreamState
 from stream import metrics
 from stream.messages import ScoringMode
@@ -37,7 +38,14 @@ class TopK:
 class Scorer:
     """A loaded model on its device, with its vocabulary and version."""
 
-    def __init__(self, loaded: LoadedModel, top_k: int, mask_seen: bool, mode: ScoringMode) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        top_k: int,
+        mask_seen: bool,
+        mode: ScoringMode,
+        fresh_slot: bool = False,
+    ) -> None:
         model = loaded.model
         if mode is ScoringMode.STEP and not model.steps:
             raise TypeError(
@@ -57,6 +65,9 @@ class Scorer:
         self.records_need_vec = mode is ScoringMode.STEP and not model.state_from_ring
         self.chunked = mode is ScoringMode.STEP and model.chunks
         self._index = {item: i for i, item in enumerate(self.vocab) if i > 0}
+        fresh = [self._index[i] for i in fresh_items(loaded.manifest) if i in self._index]
+        self.fresh = torch.tensor(fresh, dtype=torch.long, device=self.device)
+        self.fresh_slot = fresh_slot and len(fresh) > 0 and self.k > 0
 
     def item_index(self, item_id: str) -> int | None:
         return self._index.get(item_id)
@@ -157,7 +168,15 @@ class Scorer:
         scores = self.model.logits(user_repr)  # column 0 (pad) is -inf
         if self.mask_seen:
             scores.scatter_(1, rings, float("-inf"))
-        return scores.topk(self.k, dim=1)
+        values, indices = scores.topk(self.k, dim=1)
+        if self.fresh_slot:
+            # the best fresh item takes the last slot; it scores at most the item it replaces,
+            # so the list stays in descending order
+            best, at = scores[:, self.fresh].max(dim=1)
+            item = self.fresh[at]
+            take = torch.isfinite(best) & ~(indices == item.unsqueeze(1)).any(dim=1)
+            values[take, -1], indices[take, -1] = best[take], item[take]
+        return values, indices
 
     def _advance(self, state: StreamState, items: Tensor) -> tuple[StreamState, Tensor]:
         if self.mode is ScoringMode.STEP:

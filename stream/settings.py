@@ -227,6 +227,9 @@ class WorkerSettings(BaseSettings):
     top_k: int = Field(10, validation_alias=_worker_env("top_k"))
     # never recommend an item that is in the user's ring buffer
     mask_seen: bool = Field(True, validation_alias=_worker_env("mask_seen"))
+    # The last slot of a top-K goes to the best-scoring fresh item (model.new_items) when none is
+    # in it: new items reach users before their clicks have taught the model to rank them.
+    fresh_slot: bool = Field(True, validation_alias=_worker_env("fresh_slot"))
     # step: one O(1) GLINT-RU step per click; recompute: the full forward over the window per
     # click (any model, SASRec too): the baseline of `glintstream bench stream`
     scoring_mode: ScoringMode = Field(
@@ -309,6 +312,7 @@ class FinetuneSettings(BaseSettings):
     max_users: int = 20000  # users kept; the least recently active are evicted
     new_item_min_clicks: int = 2  # clicks before a new item joins the vocabulary
     new_item_init: NewItemInit = NewItemInit.CONTEXT  # where its embedding row starts
+    fresh_versions: int = 3  # items added by this many last versions are fresh (worker_fresh_slot)
     keep_versions: int = 5  # registry versions retained after a publish (the one default)
     block_cache_mb: int = 8  # RocksDB block cache of the job's store
     torch_threads: int = 1  # leaves the other cores to the workers

@@ -31,6 +31,7 @@ from model.finetune import (
     weights_finite,
 )
 from model.glintru import GlintRU, GlintRUConfig, build_glintru
+from model.new_items import FRESH_ITEMS, carry_fresh, fresh_items
 from model.registry import Registry
 from stream.broker import free_port
 from stream.finetune import FinetuneJob
@@ -166,6 +167,15 @@ def test_a_new_item_starts_where_the_users_who_clicked_it_are(variant: str) -> N
     with_context, _ = grow_vocabulary(model, {"vocab": VOCAB}, ["new"], contexts=contexts)
     at_mean, _ = grow_vocabulary(model, {"vocab": VOCAB}, ["new"])
     assert rank(with_context) < min(rank(at_mean), NUM_ITEMS // 4)
+
+
+def test_fresh_items_are_those_added_by_the_last_versions() -> None:
+    first = {"vocab": VOCAB}  # a trained checkpoint: nothing is fresh
+    assert fresh_items(first) == [] and carry_fresh(first, ["a"], versions=0) == []
+    second = {"extra": {FRESH_ITEMS: carry_fresh(first, ["a", "b"], versions=2)}}
+    third = {"extra": {FRESH_ITEMS: carry_fresh(second, [], versions=2)}}
+    fourth = {"extra": {FRESH_ITEMS: carry_fresh(third, ["c"], versions=2)}}
+    assert [fresh_items(m) for m in (second, third, fourth)] == [["a", "b"], ["a", "b"], ["c"]]
 
 
 def test_split_holdout_never_trains_on_a_target() -> None:
@@ -335,6 +345,7 @@ def test_good_fine_tune_grows_the_vocabulary_publishes_and_announces(
     assert info.gate == f  # the gate figures are in the registry entry
     model, manifest = load_checkpoint(info.path)
     assert manifest["vocab"] == [*VOCAB, "brand-new"] and model.num_items == NUM_ITEMS + 1
+    assert fresh_items(manifest) == ["brand-new"]  # the workers' fresh slot offers it
     (announced,) = read_topic(job_settings, job_settings.topics.model_updates, wait_s=3.0)
     contract("model-update", announced)
     assert announced["version"] == info.version and announced["figures"] == f

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from model.glintru import GlintRU, GlintRUConfig, build_glintru
+from model.new_items import FRESH_ITEMS
 from model.recommender import SequentialRecommender, StreamState
 from stream import metrics
 from stream.messages import ScoringMode
@@ -265,3 +266,39 @@ def test_items_the_new_model_lacks_leave_the_history() -> None:
     state = scorer.initial_states([record(1, states, 0)])
     assert metrics.RING_ITEMS_DROPPED._value.get() - before == 1  # i3 is unknown now
     assert state.ring[0, -2:].tolist() == [1, 2]
+
+
+def test_the_best_fresh_item_takes_the_last_slot_when_the_list_lacks_one() -> None:
+    model = make_model(3)
+    fresh = ["i20", "i21", "i22"]
+    loaded = LoadedModel(
+        model,
+        {"vocab": VOCAB, "extra": {FRESH_ITEMS: [fresh[:1], fresh[1:]]}},
+        Served(Path("x"), 1),
+    )
+    with_slot = Scorer(loaded, K, True, ScoringMode.STEP, fresh_slot=True)
+    without = Scorer(loaded, K, True, ScoringMode.STEP, fresh_slot=False)
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(1, NUM_ITEMS + 1, size=4).tolist() for _ in range(30)]
+    histories.append([20, 21, 22, 5])  # every fresh item clicked: masked, no slot to fill
+    fresh_index = torch.tensor([20, 21, 22])
+    replaced = kept = 0
+    for history in histories:
+        _, slotted = with_slot.run([None], [(0, i) for i in history])
+        _, plain = without.run([None], [(0, i) for i in history])
+        expected, values = offline_top_k(model, history, mask_seen=True)
+        assert plain[-1].items == expected  # off: the plain top-K
+        with torch.no_grad():
+            user = model.forward(torch.tensor([history]), torch.tensor([len(history)]))
+            scores = model.logits(user)[0]
+        scores[torch.tensor(history)] = float("-inf")
+        best = int(fresh_index[scores[fresh_index].argmax()])
+        got = slotted[-1]
+        if not torch.isfinite(scores[fresh_index]).any() or best in expected:
+            assert got.items == expected
+            kept += 1
+        else:
+            assert got.items == expected[:-1] + [best]
+            assert got.scores == sorted(got.scores, reverse=True)
+            replaced += 1
+    assert replaced and kept
