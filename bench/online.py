@@ -93,8 +93,9 @@ class OnlineBenchConfig:
     slices: int = 10  # scoring slices of the post-T stream
     oracle_slices: int = 5
     oracle_epochs: float = 1.0
-    oracle_lr: float = 3e-4
-    oracle_batch_size: int = 32
+    # the oracle continues training as `glintstream train` trains
+    oracle_lr: float = TrainConfig.lr
+    oracle_batch_size: int = TrainConfig.batch_size
     partitions: int = 8
     arms: tuple[str, ...] = ARMS
     bootstrap_servers: str | None = None  # None: a private embedded broker
