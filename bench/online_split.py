@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.data import PAD, SequenceData
+from model.data import SequenceData, before_time, time_at_fraction
 
 K = 10  # HR@10 / NDCG@10
 NEVER = math.inf  # the delay of a new item that never reached a published top-K
@@ -76,47 +76,25 @@ def time_split(data: SequenceData, fraction: float, users: int | None = None) ->
     """Cut ``data`` where ``fraction`` of its clicks have happened (over all users). ``users``:
     a quick run on the first N users who click after T, and on their clicks alone (``before``
     too)."""
-    if data.timestamps is None:
-        raise ValueError(f"{data.name} has no timestamps: it cannot be split in time")
-    if not 0 < fraction < 1:
-        raise ValueError(f"the split fraction must be in (0, 1), got {fraction}")
-    t = float(np.quantile(np.concatenate(data.timestamps), fraction))
-    vocab = np.asarray(data.vocab, dtype=object)
-    pre_users, pre_seqs, pre_times = [], [], []
+    t = time_at_fraction(data, fraction)
+    vocab = data.vocab
     warmup: list[StreamClick] = []
     post: list[tuple[float, int, StreamClick]] = []  # (ts, order, click): stable time sort
-    kept = 0
+    streamed: set[str] = set()
+    assert data.timestamps is not None  # time_at_fraction checked
     for user, seq, ts in zip(data.users, data.sequences, data.timestamps):
         cut = int(np.searchsorted(ts, t, side="left"))  # sequences are in time order
-        streamed = cut < len(seq) and (users is None or kept < users)
-        if cut and (streamed or users is None):
-            pre_users.append(user)
-            pre_seqs.append(vocab[seq[:cut]])
-            pre_times.append(ts[:cut])
-        if not streamed:
+        if cut == len(seq) or (users is not None and len(streamed) >= users):
             continue
-        kept += 1
-        warmup += [StreamClick(user, str(vocab[i]), float(s)) for i, s in zip(seq[:cut], ts[:cut])]
+        streamed.add(user)
+        warmup += [StreamClick(user, vocab[i], float(s)) for i, s in zip(seq[:cut], ts[:cut])]
         post += [
-            (float(s), len(post) + j, StreamClick(user, str(vocab[i]), float(s)))
+            (float(s), len(post) + j, StreamClick(user, vocab[i], float(s)))
             for j, (i, s) in enumerate(zip(seq[cut:], ts[cut:]))
         ]
     post.sort(key=lambda x: (x[0], x[1]))
-    before_vocab = [PAD] + sorted({i for s in pre_seqs for i in s}, key=_numeric_first)
-    index = {item: n for n, item in enumerate(before_vocab)}
-    before = SequenceData(
-        name=f"{data.name}-before-T",
-        users=pre_users,
-        sequences=[np.array([index[i] for i in s], dtype=np.int64) for s in pre_seqs],
-        vocab=before_vocab,
-        timestamps=pre_times,
-    )
+    before = before_time(data, t, streamed if users is not None else None)
     return TimeSplit(t, before, warmup + [c for _, _, c in post], len(warmup))
-
-
-def _numeric_first(item: str) -> tuple[int, int | str]:
-    """Item ids sort numerically when they are numbers (as the loaders' vocabularies do)."""
-    return (0, int(item)) if item.isdigit() else (1, item)
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -193,6 +193,39 @@ _LOADERS = {
 }
 
 
+def time_at_fraction(data: SequenceData, fraction: float) -> float:
+    """The time T by which ``fraction`` of ``data``'s clicks (over all users) have happened."""
+    if data.timestamps is None:
+        raise ValueError(f"{data.name} has no timestamps: it cannot be split in time")
+    if not 0 < fraction < 1:
+        raise ValueError(f"the split fraction must be in (0, 1), got {fraction}")
+    return float(np.quantile(np.concatenate(data.timestamps), fraction))
+
+
+def before_time(data: SequenceData, t: float, users: set[str] | None = None) -> SequenceData:
+    """The clicks strictly before ``t`` (of ``users`` only, if given), with their own
+    vocabulary: items first clicked at or after ``t`` are unknown, the others keep their order."""
+    if data.timestamps is None:
+        raise ValueError(f"{data.name} has no timestamps: it cannot be split in time")
+    kept_users, kept, stamps = [], [], []
+    for user, seq, ts in zip(data.users, data.sequences, data.timestamps):
+        cut = int(np.searchsorted(ts, t, side="left"))  # sequences are in time order
+        if cut and (users is None or user in users):
+            kept_users.append(user)
+            kept.append(seq[:cut])
+            stamps.append(ts[:cut])
+    known = np.unique(np.concatenate(kept)) if kept else np.zeros(0, np.int64)
+    remap = np.zeros(len(data.vocab), np.int64)
+    remap[known] = np.arange(1, len(known) + 1)
+    return SequenceData(
+        name=f"{data.name}-before-T",
+        users=kept_users,
+        sequences=[remap[s] for s in kept],
+        vocab=[PAD] + [data.vocab[i] for i in known],
+        timestamps=stamps,
+    )
+
+
 def load_dataset(name: str, data_dir: str | Path | None = None) -> SequenceData:
     """Load one of DATASET_FILES from ``data_dir`` (default: ``default_data_dir()``)."""
     if name not in DATASET_FILES:

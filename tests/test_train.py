@@ -18,7 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model.baselines import Popularity, PopularityConfig
-from model.data import SequenceData, item_counts, leave_one_out, load_dataset, synthetic
+from model.data import (
+    SequenceData,
+    before_time,
+    item_counts,
+    leave_one_out,
+    load_dataset,
+    synthetic,
+    time_at_fraction,
+)
 from model.evaluate import PROTOCOLS, encode_histories, evaluate_model
 from model.glintru import GlintRUConfig, build_glintru
 from model.steps import windows
@@ -200,3 +208,22 @@ def test_a_killed_training_keeps_its_best_epoch(tmp_path: Path):
     assert manifest["metrics"]["interrupted_at_best"] is True
     assert manifest["metrics"]["best_epoch"] >= 1
     assert (out / "model.safetensors").stat().st_size > 0
+
+
+@needs_ml100k
+@pytest.mark.timeout(300)
+def test_train_before_a_time_knows_nothing_of_the_clicks_after_it(tmp_path: Path):
+    """`--before 0.8`: the starting checkpoint of `bench online` sees only the pre-T clicks."""
+    runner = CliRunner()
+    out = tmp_path / "before"
+    args = ["train", "--dataset", "ml-100k", "--before", "0.8", "--epochs", "1", "--max-len"]
+    args += ["20", "--hidden-size", "16", "--threads", "1", "--no-progress", "--out", str(out)]
+    result = runner.invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = load_dataset("ml-100k", DATA_DIR)
+    before = before_time(data, time_at_fraction(data, 0.8))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["vocab"] == before.vocab and manifest["dataset"] == "ml-100k-before-T"
+    assert before.num_clicks == 79_999 and before.num_items < data.num_items
+    result = runner.invoke(main, [*args[:3], "--before", "1.5", *args[5:]])
+    assert result.exit_code == 2 and "fraction must be in (0, 1)" in result.output

@@ -56,6 +56,12 @@ if TYPE_CHECKING:  # imported by the commands themselves: --help stays fast
     "--init-from", type=click.Path(path_type=Path, exists=True), help="Continue from a checkpoint."
 )
 @click.option("--publish", is_flag=True, help="Publish the checkpoint to the registry after.")
+@click.option(
+    "--before",
+    type=float,
+    help="Train on the clicks before the time when this share of them had happened (the "
+    "starting checkpoint of `glintstream bench online`).",
+)
 @pass_settings
 def train(
     settings: Settings,
@@ -65,15 +71,23 @@ def train(
     target_weighting: str,
     no_progress: bool,
     publish: bool,
+    before: float | None,
     **fields: Any,  # the other options are TrainConfig fields of the same names
 ) -> None:
     """Train a model with leave-one-out by time; saves the best-valid checkpoint."""
+    from model.data import before_time, time_at_fraction
     from model.train import TrainConfig
     from model.train import train as run
 
     data = load_source(source, settings)
+    dataset = data.name
+    if before is not None:
+        try:
+            data = before_time(data, time_at_fraction(data, before))
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--before") from None
     config = TrainConfig(
-        dataset=data.name,
+        dataset=dataset,
         model=model_name,
         data_dir=settings.paths.data_dir,
         out_dir=out or Path("runs") / f"{Path(data.name).stem}-{model_name}",
