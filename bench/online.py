@@ -52,6 +52,7 @@ from bench.online_split import (
     time_split,
 )
 from bench.scrape import sample_values
+from bench.table import judge, markdown
 from model.checkpoint import load_checkpoint, read_manifest
 from model.data import load_dataset
 from model.finetune import finetune, grow_vocabulary, item_contexts, to_indices
@@ -167,7 +168,7 @@ class OnlineBenchResult:
                 (
                     "fine-tuned vs frozen, NDCG@10",
                     f"{gain:+.1%}",
-                    _judge(gain >= TARGET_GAIN, f">= {TARGET_GAIN:+.0%}"),
+                    judge(gain >= TARGET_GAIN, f">= {TARGET_GAIN:+.0%}"),
                 )
             )
             worst = min(
@@ -177,7 +178,7 @@ class OnlineBenchResult:
                 (
                     "fine-tuned vs frozen, worst slice",
                     f"{worst:+.1%}",
-                    _judge(worst >= TARGET_SLICE_FLOOR, f">= {TARGET_SLICE_FLOOR:+.0%}"),
+                    judge(worst >= TARGET_SLICE_FLOOR, f">= {TARGET_SLICE_FLOOR:+.0%}"),
                 )
             )
         if tuned and oracle:
@@ -186,7 +187,7 @@ class OnlineBenchResult:
                 (
                     "fine-tuned / oracle, NDCG@10",
                     f"{share:.1%}",
-                    _judge(share >= TARGET_OF_ORACLE, f">= {TARGET_OF_ORACLE:.0%}"),
+                    judge(share >= TARGET_OF_ORACLE, f">= {TARGET_OF_ORACLE:.0%}"),
                 )
             )
         for name, arm in self.arms.items():
@@ -198,7 +199,7 @@ class OnlineBenchResult:
                 (
                     f"{name}: new items, stream clicks to a top-10: median / p90 (never)",
                     f"{_clicks(median)} / {_clicks(p90)} ({never} of {len(arm.new_items)})",
-                    _judge(
+                    judge(
                         median <= TARGET_NEW_ITEM_MEDIAN, f"median <= {TARGET_NEW_ITEM_MEDIAN:,.0f}"
                     )
                     if name == "finetuned"
@@ -217,9 +218,7 @@ class OnlineBenchResult:
         return rows
 
     def table(self) -> str:
-        lines = ["| metric | value | target |", "|---|---:|---|"]
-        lines += [f"| {m} | {v} | {t} |" for m, v, t in self.rows()]
-        return "\n".join(lines)
+        return markdown(self.rows())
 
     def slice_table(self) -> str:
         bounds = self.split.slice_bounds(len(next(iter(self.arms.values())).slices))
@@ -234,10 +233,6 @@ class OnlineBenchResult:
             cells = " | ".join(f"{self.arms[k].slices[n].ndcg:.4f}" for k in names)
             lines.append(f"| {n + 1} | {day} | {scored:,} | {cells} |")
         return "\n".join(lines)
-
-
-def _judge(met: bool, target: str) -> str:
-    return f"{target}: {'met' if met else 'NOT met'}"
 
 
 def _clicks(delay: float) -> str:

@@ -41,6 +41,7 @@ from bench.passthrough import FIRST_INPUT_MARK
 from bench.prequential import METRICS, Heldout, offline_metrics, online_metrics
 from bench.procstat import cpu_seconds, peak_rss_bytes
 from bench.scrape import histogram_totals
+from bench.table import judge, markdown
 from model.baselines import SASRec, SASRecConfig
 from model.checkpoint import load_checkpoint, read_manifest, save_checkpoint
 from model.data import SequenceData, load_dataset
@@ -186,14 +187,14 @@ class StreamBenchResult:
             (
                 "worker throughput at max rate (clicks/s)",
                 f"{worker.rate:,.0f}",
-                _judge(worker.rate >= TARGET_THROUGHPUT, f">= {TARGET_THROUGHPUT:,.0f}"),
+                judge(worker.rate >= TARGET_THROUGHPUT, f">= {TARGET_THROUGHPUT:,.0f}"),
             )
         ]
         for lat in self.latency:
             target = ""
             if lat.offered == TARGET_P99_RATE:
                 met = lat.quantile(99) <= TARGET_P99_MS
-                target = _judge(met, f"p99 <= {TARGET_P99_MS:.0f} ms")
+                target = judge(met, f"p99 <= {TARGET_P99_MS:.0f} ms")
             quantiles = " / ".join(f"{lat.quantile(q):.1f}" for q in QUANTILES)
             rows.append(
                 (
@@ -234,7 +235,7 @@ class StreamBenchResult:
             if key not in t:
                 continue
             ratio = worker.rate / t[key].rate
-            judged = "" if goal is None else _judge(ratio >= goal, f">= {goal:g}x")
+            judged = "" if goal is None else judge(ratio >= goal, f">= {goal:g}x")
             rows.append((f"{name} (clicks/s)", f"{t[key].rate:,.0f}", ""))
             rows.append((ratio_name, f"{ratio:.2f}x", judged))
         if "faithful" in t:
@@ -245,7 +246,7 @@ class StreamBenchResult:
                     (
                         f"{acc.policy}: {m} online / offline ({acc.users} users)",
                         f"{acc.online[m]:.6f} / {acc.offline[m]:.6f}",
-                        _judge(
+                        judge(
                             abs(acc.online[m] - acc.offline[m]) <= TARGET_PREQUENTIAL_DIFF,
                             f"|diff| <= {TARGET_PREQUENTIAL_DIFF:g}",
                         ),
@@ -255,9 +256,7 @@ class StreamBenchResult:
         return rows
 
     def table(self) -> str:
-        lines = ["| metric | value | target |", "|---|---:|---|"]
-        lines += [f"| {m} | {v} | {t} |" for m, v, t in self.rows()]
-        return "\n".join(lines)
+        return markdown(self.rows())
 
 
 def _means(
@@ -270,10 +269,6 @@ def _means(
         if count > count0:
             means[name] = (total - total0) / (count - count0)
     return means
-
-
-def _judge(met: bool, target: str) -> str:
-    return f"{target}: {'met' if met else 'NOT met'}"
 
 
 # ----------------------------------------------------------------------------- Kafka plumbing
