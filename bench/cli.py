@@ -432,6 +432,8 @@ def online(
     click.echo(
         f"machine: {machine()}; dataset {dataset}; fine-tune settings overridden: {overrides}"
     )
+    topics = ", ".join(f"{arm}: {topic}" for arm, topic in result.topics.items())
+    click.echo(f"stream: {work_dir}/stream.jsonl; recommendations topics: {topics or 'none'}")
     click.echo(result.table())
     if result.arms:
         click.echo(result.slice_table())

@@ -136,6 +136,7 @@ class OnlineBenchResult:
     frozen_offline_agreement: float | None = None  # share of identical top-10 lists
     start_checkpoint: str = ""
     failed: str = ""
+    topics: dict[str, str] = field(default_factory=dict)  # arm -> its recommendations topic
     seconds: float = 0.0
 
     def rows(self) -> list[tuple[str, str, str]]:
@@ -496,6 +497,7 @@ class OnlineBench:
         ensure_topics(
             settings, [topics["clicks"], topics["recommendations"], topics["dlq"]], c.partitions
         )
+        self.result.topics[arm] = topics["recommendations"]
         answers = Answers(settings, topics["recommendations"], topics["dlq"])
         answers.start()
         worker = WorkerProcess(env, f"worker-{arm}", root.parent).start()

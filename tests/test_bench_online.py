@@ -10,9 +10,11 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from bench.online import ARMS, OnlineBench, OnlineBenchConfig
 from bench.online_split import score
+from stream.cli import main
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -22,7 +24,7 @@ def test_bench_online_quick(tmp_path: Path) -> None:
     result = OnlineBench(config).run()
 
     assert not result.failed
-    assert set(result.arms) == set(ARMS)
+    assert set(result.arms) == set(ARMS) and set(result.topics) == {"frozen", "finetuned"}
     split = result.split
     assert split.warmup > 0 and split.post > 0
     # the worker steps as the offline model (a float tie may flip a rare list: not 1.0 exactly)
@@ -58,3 +60,15 @@ def test_bench_online_quick(tmp_path: Path) -> None:
     rows = {metric: (value, target) for metric, value, target in result.rows()}
     assert rows["fine-tuned vs frozen, NDCG@10"][1].startswith(">= +5%: ")
     assert rows["fine-tuned / oracle, NDCG@10"][1].startswith(">= 90%: ")
+
+
+def test_bench_online_command_prints_its_table(tmp_path: Path) -> None:
+    # the oracle alone: no broker, a starting checkpoint trained on the quick split's clicks
+    args = ["bench", "online", "--dataset", "ml-100k", "--quick", "--arms", "oracle"]
+    result = CliRunner().invoke(main, [*args, "--work-dir", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "recommendations topics: none" in result.output
+    row = next(line for line in result.output.splitlines() if "| oracle: prequential" in line)
+    hr, ndcg = (float(x) for x in row.split("|")[2].split("/"))
+    assert 0 <= ndcg <= hr <= 1
+    assert (tmp_path / "start-checkpoint" / "manifest.json").is_file()
