@@ -558,10 +558,19 @@ class OnlineBench:
         return answers.recs, notes
 
     def _seed_job(self, settings: Settings, warm: list[tuple[int, int]]) -> None:
-        """The job's store holds the warm-up clicks, as if it had been running before T; it
-        counts them as already stored when it reads them, so they start no run."""
+        """The job's store starts as if it had been running before T: the pre-T clicks of the
+        users who do not click after T, then the warm-up clicks at their Kafka positions (so
+        the job counts them as already stored when it reads them: they start no run)."""
+        before, streamed = self.split.before, {c.user for c in self.split.stream}
+        vocab = np.asarray(before.vocab, dtype=object)
+        quiet = [
+            (float(ts[-1]), user, vocab[seq].tolist())
+            for user, seq, ts in zip(before.users, before.sequences, before.timestamps or [])
+            if user not in streamed
+        ]
         store = recent_clicks(settings)
         try:
+            store.add_history([(user, items) for _, user, items in sorted(quiet)])
             store.add(
                 [
                     StoredClick(p, o, c.user, c.item)

@@ -84,14 +84,30 @@ class RecentClicks:
                 duplicates += 1
                 continue
             offsets[click.partition] = click.offset
-            items = users.get(click.user_id)
-            if items is None:
-                items = users[click.user_id] = self._items(click.user_id)
-            items.append(click.item_id)
-            del items[: -self.max_clicks]
-            self._tick += 1
-            self._lru.pop(click.user_id, None)
-            self._lru[click.user_id] = self._tick
+            self._append(users, click.user_id, click.item_id)
+        self._write(users, offsets)
+        return len(clicks) - duplicates, duplicates
+
+    def add_history(self, histories: list[tuple[str, list[str]]]) -> None:
+        """Clicks from before the stream (no Kafka position), user by user, least recently active
+        first: a store that starts as if the job had been running."""
+        users: dict[str, list[str]] = {}
+        for user_id, items in histories:
+            for item in items[-self.max_clicks :]:
+                self._append(users, user_id, item)
+        self._write(users, {})
+
+    def _append(self, users: dict[str, list[str]], user_id: str, item_id: str) -> None:
+        items = users.get(user_id)
+        if items is None:
+            items = users[user_id] = self._items(user_id)
+        items.append(item_id)
+        del items[: -self.max_clicks]
+        self._tick += 1
+        self._lru.pop(user_id, None)
+        self._lru[user_id] = self._tick
+
+    def _write(self, users: dict[str, list[str]], offsets: dict[int, int]) -> None:
         batch = rocksdict.WriteBatch(raw_mode=True)
         for user, items in users.items():
             record = {"tick": self._lru[user], "items": items}
@@ -105,7 +121,6 @@ class RecentClicks:
         batch.put(TICK_KEY, str(self._tick).encode())
         self._db.write(batch)
         self._offsets.update(offsets)
-        return len(clicks) - duplicates, duplicates
 
     def sequences(self) -> list[tuple[str, list[str]]]:
         """(user id, item ids oldest first) per user, least recently active user first."""

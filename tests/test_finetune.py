@@ -223,6 +223,19 @@ def test_fine_tuned_model_beats_the_frozen_one_after_the_drift(frozen: GlintRU) 
 
 
 # ----------------------------------------------------------------------------- the store
+def test_recent_clicks_start_from_a_history_without_kafka_positions(tmp_path: Path) -> None:
+    small = RocksDBSettings(block_cache_mb=1, write_buffer_mb=1, max_write_buffers=2)
+    s = RecentClicks(tmp_path / "db", max_clicks=3, max_users=2, options=small)
+    try:
+        s.add_history([("old", ["i1"]), ("a", ["i1", "i2", "i3", "i4"]), ("b", ["i5"])])
+        assert s.sequences() == [("a", ["i2", "i3", "i4"]), ("b", ["i5"])]  # bounded, LRU
+        assert s.offset(0) == -1  # no position: the stream's clicks are all new
+        assert s.add([StoredClick(0, 0, "a", "i6")]) == (1, 0)
+        assert s.sequences() == [("b", ["i5"]), ("a", ["i3", "i4", "i6"])]
+    finally:
+        s.close()
+
+
 def test_recent_clicks_are_bounded_deduplicated_and_durable(tmp_path: Path) -> None:
     def store() -> RecentClicks:
         small = RocksDBSettings(block_cache_mb=1, write_buffer_mb=1, max_write_buffers=2)
