@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from confluent_kafka import Consumer, KafkaError
 
@@ -43,6 +44,7 @@ from model.finetune import (
     holdout_metrics,
     item_contexts,
     new_items_in,
+    replay_mix,
     split_holdout,
     to_indices,
     weights_finite,
@@ -98,6 +100,7 @@ class FinetuneJob:
         self.store = recent_clicks(settings)
         self.device = settings.torch_device()
         self.runs = 0
+        self.trained_tick = 0  # the store's tick at the last run: who is recent since
 
     def close(self) -> None:
         self.store.close()
@@ -131,6 +134,8 @@ class FinetuneJob:
         torch.set_num_threads(opts.torch_threads)
         model, manifest, parent = self.load_current()
         raw = [items for _, items in self.store.sequences()]  # least recently active first
+        recent = self.store.active_since(self.trained_tick)
+        self.trained_tick = self.store.tick
         added = new_items_in(manifest["vocab"], raw, opts.new_item_min_clicks)
         contexts = (
             item_contexts(model, manifest["vocab"], raw, added)
@@ -140,11 +145,14 @@ class FinetuneJob:
         grown, vocab = grow_vocabulary(
             model, manifest, added, seed=opts.seed + self.runs, contexts=contexts
         )
-        train, holdout = split_holdout(to_indices(raw, vocab), opts.holdout_users)
+        rng = np.random.default_rng(opts.seed + self.runs)
+        mixed = replay_mix(to_indices(raw, vocab), recent, opts.recent_share, rng)
+        train, holdout = split_holdout(mixed, opts.holdout_users)
         figures: dict[str, Any] = {
             "holdout_users": len(holdout),
             "train_users": len(train),
             "new_items": len(added),
+            "recent_users": recent,
             "num_items": grown.num_items,
             "steps": opts.steps,
             "lr": opts.lr,

@@ -122,6 +122,15 @@ class RecentClicks:
         self._db.write(batch)
         self._offsets.update(offsets)
 
+    @property
+    def tick(self) -> int:
+        """Clicks stored so far (a clock: each user remembers the tick of their last click)."""
+        return self._tick
+
+    def active_since(self, tick: int) -> int:
+        """Users whose last click came after ``tick``: the last ones of ``sequences()``."""
+        return sum(1 for t in self._lru.values() if t > tick)
+
     def sequences(self) -> list[tuple[str, list[str]]]:
         """(user id, item ids oldest first) per user, least recently active user first."""
         return [(user, self._items(user)) for user in self._lru]

@@ -306,6 +306,9 @@ class FinetuneSettings(BaseSettings):
     lr: float = 3e-4  # small: it starts from a trained model
     batch_size: int = 32  # windows (or whole users, streaming variant) per step
     holdout_users: int = 200  # most recently active users whose last click is held out
+    recent_share: float = (
+        0.5  # of a run's users, those active since the last run (the rest: replay)
+    )
     min_holdout_users: int = 20  # fewer: skip the run (its figures would be noise)
     tolerance: float = 0.0  # publish if new NDCG@10 >= current NDCG@10 - this
     user_clicks: int = 200  # clicks kept per user (= the ML-1M window L)

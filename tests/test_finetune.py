@@ -26,6 +26,7 @@ from model.finetune import (
     holdout_metrics,
     item_contexts,
     new_items_in,
+    replay_mix,
     split_holdout,
     to_indices,
     weights_finite,
@@ -230,7 +231,9 @@ def test_recent_clicks_start_from_a_history_without_kafka_positions(tmp_path: Pa
         s.add_history([("old", ["i1"]), ("a", ["i1", "i2", "i3", "i4"]), ("b", ["i5"])])
         assert s.sequences() == [("a", ["i2", "i3", "i4"]), ("b", ["i5"])]  # bounded, LRU
         assert s.offset(0) == -1  # no position: the stream's clicks are all new
+        before = s.tick
         assert s.add([StoredClick(0, 0, "a", "i6")]) == (1, 0)
+        assert s.active_since(before) == 1 and s.active_since(0) == 2
         assert s.sequences() == [("b", ["i5"]), ("a", ["i3", "i4", "i6"])]
     finally:
         s.close()
@@ -504,3 +507,16 @@ def test_finetune_process_publishes_announces_and_the_worker_switches(
     finally:
         job.stop_quietly()
         worker.stop_quietly()
+
+
+def test_a_run_trains_on_the_recent_users_and_a_replay_of_older_ones() -> None:
+    seqs = [np.array([i, i + 1]) for i in range(1, 11)]  # least recently active first
+    rng = np.random.default_rng(0)
+    mixed = replay_mix(seqs, recent=2, recent_share=0.5, rng=rng)
+    assert len(mixed) == 4 and mixed[-2:] == seqs[-2:]  # the recent users, last (the holdout)
+    older = [int(s[0]) for s in mixed[:2]]
+    assert older == sorted(older) and max(older) <= 8  # a sample of the others, in order
+    assert len(replay_mix(seqs, recent=2, recent_share=0.25, rng=rng)) == 8
+    assert replay_mix(seqs, recent=0, recent_share=0.5, rng=rng) == seqs  # nobody recent
+    assert replay_mix(seqs, recent=3, recent_share=0.0, rng=rng) == seqs  # no mixing asked
+    assert replay_mix(seqs, recent=9, recent_share=0.5, rng=rng) == seqs  # too few older ones
