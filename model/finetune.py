@@ -167,13 +167,14 @@ def split_holdout(
 
     The last ``holdout_users`` users with at least 2 clicks are held out: their whole sequence is
     a holdout sequence (last click = target) and only the clicks before it are trained on, so no
-    target is ever seen in training.
+    target is ever seen in training. The training sequences stay one per user, in order (those
+    too short to train on are skipped by ``finetune``).
     """
     eligible = [i for i, s in enumerate(sequences) if len(s) >= 2]
     chosen = set(eligible[-holdout_users:]) if holdout_users > 0 else set()
     train = [s[:-1] if i in chosen else s for i, s in enumerate(sequences)]
     holdout = [sequences[i] for i in sorted(chosen)]
-    return [s for s in train if len(s) >= 2], holdout
+    return train, holdout
 
 
 @torch.no_grad()

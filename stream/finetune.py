@@ -145,9 +145,9 @@ class FinetuneJob:
         grown, vocab = grow_vocabulary(
             model, manifest, added, seed=opts.seed + self.runs, contexts=contexts
         )
+        everyone, holdout = split_holdout(to_indices(raw, vocab), opts.holdout_users)
         rng = np.random.default_rng(opts.seed + self.runs)
-        mixed = replay_mix(to_indices(raw, vocab), recent, opts.recent_share, rng)
-        train, holdout = split_holdout(mixed, opts.holdout_users)
+        train = [s for s in replay_mix(everyone, recent, opts.recent_share, rng) if len(s) >= 2]
         figures: dict[str, Any] = {
             "holdout_users": len(holdout),
             "train_users": len(train),

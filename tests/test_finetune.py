@@ -183,7 +183,7 @@ def test_split_holdout_never_trains_on_a_target() -> None:
     seqs = [np.arange(1, n + 1) for n in (1, 5, 3, 4)]
     train, holdout = split_holdout(seqs, holdout_users=2)
     assert [list(h) for h in holdout] == [[1, 2, 3], [1, 2, 3, 4]]  # the most recent two
-    assert [list(t) for t in train] == [[1, 2, 3, 4, 5], [1, 2], [1, 2, 3]]  # length-1 dropped
+    assert [list(t) for t in train] == [[1], [1, 2, 3, 4, 5], [1, 2], [1, 2, 3]]  # one per user
     assert split_holdout(seqs, 0)[1] == []
 
 
