@@ -370,7 +370,7 @@ def soak(
 @click.option("--slices", type=int, default=10, show_default=True)
 @click.option("--oracle-slices", type=int, default=5, show_default=True)
 @click.option("--oracle-epochs", type=float, default=1.0, show_default=True)
-@click.option("--arms", default=",".join(("frozen", "finetuned", "oracle")), show_default=True)
+@click.option("--arms", help="Comma-separated: frozen, finetuned, oracle [all three].")
 @click.option("--broker", help="Bootstrap servers of a running cluster (default: a private one).")
 @click.option(
     "--set",
@@ -397,7 +397,7 @@ def online(
     slices: int,
     oracle_slices: int,
     oracle_epochs: float,
-    arms: str,
+    arms: str | None,
     broker: str | None,
     sets: tuple[str, ...],
     work_dir: Path,
@@ -406,6 +406,7 @@ def online(
 ) -> None:
     """Frozen vs fine-tuned vs retrain oracle on a time split: prequential HR@10 / NDCG@10."""
     import logging
+    from dataclasses import replace
 
     from bench.online import OnlineBench, OnlineBenchConfig
     from bench.stream import machine
@@ -421,12 +422,15 @@ def online(
         slices=slices,
         oracle_slices=oracle_slices,
         oracle_epochs=oracle_epochs,
-        arms=tuple(a for a in arms.split(",") if a),
         bootstrap_servers=broker,
         finetune=parse_sets(sets),
         work_dir=work_dir,
-        plot=plot,
     )
+    if arms is not None:
+        try:
+            config = replace(config, arms=tuple(a for a in arms.split(",") if a))
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--arms") from None
     result = OnlineBench(config.quick() if quick else config).run()
     overrides = ", ".join(f"{k}={v}" for k, v in config.finetune.items()) or "none"
     click.echo(

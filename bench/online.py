@@ -102,8 +102,12 @@ class OnlineBenchConfig:
     bootstrap_servers: str | None = None  # None: a private embedded broker
     finetune: dict[str, str] = field(default_factory=dict)  # job settings, e.g. {"steps": "50"}
     work_dir: Path = Path(".run/bench-online")
-    plot: Path | None = None
     threads: int = 2
+
+    def __post_init__(self) -> None:
+        unknown = set(self.arms) - set(ARMS)
+        if unknown or not self.arms:
+            raise ValueError(f"arms must be some of {', '.join(ARMS)}, got {self.arms}")
 
     def quick(self) -> OnlineBenchConfig:
         """The <= 2 minute version: a few users (and only their clicks), one short training
