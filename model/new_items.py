@@ -10,14 +10,19 @@ class NewItemInit(StrEnum):
     MEAN = "mean"  # the mean of the known items' rows, plus noise
 
 
-# The manifest field (under "extra") of a fine-tuned checkpoint listing the items added by its last few
-# versions, newest last, one list per version: what the worker treats as fresh.
+# The manifest field (under "extra") of a fine-tuned checkpoint listing the items added by its
+# last few versions, newest last, one list per version: what the worker treats as fresh.
 FRESH_ITEMS = "fresh_items"
+
+
+def _fresh_lists(manifest: dict) -> list[list[str]]:
+    fresh: list[list[str]] = manifest.get("extra", {}).get(FRESH_ITEMS, [])
+    return fresh
 
 
 def fresh_items(manifest: dict) -> list[str]:
     """The items a checkpoint's manifest marks as fresh (none for a trained checkpoint)."""
-    return [item for added in manifest.get("extra", {}).get(FRESH_ITEMS, []) for item in added]
+    return [item for added in _fresh_lists(manifest) for item in added]
 
 
 def carry_fresh(parent: dict, added: list[str], versions: int) -> list[list[str]]:
@@ -25,4 +30,4 @@ def carry_fresh(parent: dict, added: list[str], versions: int) -> list[list[str]
     ``added``: the items added by the last ``versions`` versions, this one included."""
     if versions <= 0:
         return []
-    return [*parent.get("extra", {}).get(FRESH_ITEMS, []), list(added)][-versions:]
+    return [*_fresh_lists(parent), list(added)][-versions:]

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,11 +80,16 @@ class RunResult:
     seconds: float = 0.0
 
 
+def job_dir(settings: Settings) -> Path:
+    """The job's own directory: its store and the checkpoints it stages."""
+    return settings.paths.state_dir / "finetune"
+
+
 def recent_clicks(settings: Settings) -> RecentClicks:
     """The job's store of recent clicks (one process at a time may open it)."""
     options = settings.finetune
     return RecentClicks(
-        settings.paths.state_dir / "finetune" / "recent",
+        job_dir(settings) / "recent",
         options.user_clicks,
         options.max_users,
         settings.rocksdb.model_copy(update={"block_cache_mb": options.block_cache_mb}),
@@ -94,7 +100,7 @@ class FinetuneJob:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.options = options = settings.finetune
-        self.root = settings.paths.state_dir / "finetune"
+        self.root = job_dir(settings)
         self.releases = Releases(settings, keep=options.keep_versions)
         self.models = ModelSource.from_settings(settings, "finetune")
         self.store = recent_clicks(settings)
