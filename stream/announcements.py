@@ -19,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from pydantic import ValidationError
 
 from model.registry import VersionInfo
+from stream.framing import Framing, payload
 from stream.messages import MODEL_UPDATE_KEY, ModelUpdate, UpdateEvent
 from stream.settings import Settings
 from stream.topics import ensure_control_topics, read_messages
@@ -55,7 +56,7 @@ def announce(settings: Settings, update: ModelUpdate) -> None:
     errors: list[KafkaError] = []
     producer.produce(
         topic,
-        update.to_bytes(),
+        Framing(settings)(topic, update.to_bytes()),
         MODEL_UPDATE_KEY,
         partition=PARTITION,
         on_delivery=lambda err, _msg: errors.append(err) if err else None,
@@ -110,7 +111,7 @@ class Announcements:
                     self._error = error.str()
                 continue
             try:
-                self._latest = ModelUpdate.model_validate_json(msg.value() or b"")
+                self._latest = ModelUpdate.model_validate_json(payload(msg.value()))
             except ValidationError as e:
                 log.error(
                     "ignoring a malformed announcement at %s@%d: %s",

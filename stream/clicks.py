@@ -27,6 +27,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from stream.framing import unframe
 from stream.messages import RejectReason
 
 MAX_ID_CHARS = 128
@@ -127,8 +128,8 @@ def parse_click(value: bytes | None, key: bytes | None, max_bytes: int) -> Click
     if len(value) > max_bytes:
         return Rejection(RejectReason.OVERSIZED, f"{len(value)} bytes > {max_bytes}")
     try:
-        obj = json.loads(value, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        obj = json.loads(unframe(value), parse_constant=_no_constants)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError, FramingError: ValueErrors
         return Rejection(RejectReason.INVALID_JSON, str(e)[:200])
     if not isinstance(obj, dict):
         return Rejection(

@@ -21,6 +21,7 @@ from stream.settings import Settings
 
 if TYPE_CHECKING:  # the loaders import torch: not at `glintstream --help`
     from model.data import SequenceData
+    from stream.framing import Framing
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def produce_clicks(
     """Send clicks keyed by user id; count delivery failures (undelivered at the end = failed)."""
     from confluent_kafka import Producer
 
+    from stream.framing import Framing
     from stream.topics import ensure_topics
 
     topic = topic or settings.topics.clicks
@@ -156,7 +158,8 @@ def produce_clicks(
     producer = Producer(producer_config(settings, linger_ms))
     start = time.monotonic()
     try:
-        _send(producer, topic, clicks, Pacer(rate), report, total, progress)
+        frame = Framing(settings)
+        _send(producer, topic, clicks, Pacer(rate), report, total, progress, frame)
     except KeyboardInterrupt:
         report.interrupted = True
         log.warning("interrupted: flushing the %d clicks sent so far", report.sent)
@@ -180,6 +183,7 @@ def _send(
     report: ProduceReport,
     total: int | None,
     progress: bool,
+    frame: Framing,
 ) -> None:
     from tqdm import tqdm
 
@@ -194,7 +198,7 @@ def _send(
     try:
         for click in clicks:
             pacer.wait()
-            value, key = click.to_json(), click.user_id.encode()
+            value, key = frame(topic, click.to_json(), "click"), click.user_id.encode()
             while True:
                 try:
                     producer.produce(topic, value=value, key=key, on_delivery=on_delivery)

@@ -15,6 +15,7 @@ import logging
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from stream.framing import Framing
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Publisher:
             "linger.ms": LINGER_MS,
         }
         self._producer = Producer(self._config)
+        self._frame = Framing(settings)  # a registry's framing on message topics, if any
         self._timeout_s = settings.worker.delivery_timeout_s
         self._errors: list[str] = []  # why messages of the batch in flight were not delivered
         self._last_offset: dict[tuple[str, int], int] = {}
@@ -75,6 +77,7 @@ class Publisher:
         partition: int | None = None,
         headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
+        value = self._frame(topic, value)
         while True:
             try:
                 if partition is None:

@@ -54,6 +54,11 @@ def json_schema(name: str) -> dict[str, Any]:
     }
 
 
+def schema_text(name: str) -> str:
+    """The schema of one message as a registry takes it (the file's content)."""
+    return json.dumps(json_schema(name), indent=2, sort_keys=True)
+
+
 def bare_schema(name: str) -> dict[str, Any]:
     """The schema without its ``$schema``, ``$id`` and ``x-`` annotations: to embed in another
     document (the embedded broker's registry nests it under ``value``)."""
@@ -72,7 +77,7 @@ def write_schemas(directory: Path) -> list[Path]:
     written = []
     for name in MESSAGES:
         path = directory / filename(name)
-        path.write_text(json.dumps(json_schema(name), indent=2, sort_keys=True) + "\n")
+        path.write_text(schema_text(name) + "\n")
         written.append(path)
     return written
 

@@ -85,6 +85,10 @@ class KafkaSettings(BaseSettings):
     sasl_oauthbearer_client_id: str | None = _unset("SASL_OAUTHBEARER_CLIENT_ID")
     sasl_oauthbearer_client_secret: SecretStr | None = _unset("SASL_OAUTHBEARER_CLIENT_SECRET")
     sasl_oauthbearer_scope: str | None = _unset("SASL_OAUTHBEARER_SCOPE")
+    # a Confluent Schema Registry: its URL frames every message written (stream.framing);
+    # unset = plain JSON. Basic auth as USER:PASSWORD; its CA is ssl_cafile.
+    schema_registry_url: str | None = _unset("SCHEMA_REGISTRY_URL")
+    schema_registry_basic_auth: SecretStr | None = _unset("SCHEMA_REGISTRY_BASIC_AUTH")
     # librdkafka properties over the typed settings in every confluent-kafka client (never
     # aiokafka's: faust's in the worker); JSON. Not in repr: it may hold a password.
     extra: dict[str, str | int | float | bool] = Field(

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from model.store import StoreError
+from stream.framing import payload
 from stream.messages import Recommendation
 from stream.model_source import ModelNotFoundError, ModelSource
 from stream.settings import Settings
@@ -49,7 +50,7 @@ def format_recommendation(
     """
     titles = titles or {}
     try:
-        rec = Recommendation.model_validate_json(value if value is not None else b"null")
+        rec = Recommendation.model_validate_json(b"null" if value is None else payload(value))
     except ValidationError as e:  # malformed input of any shape: report it, keep tailing
         errors = e.errors()
         reason = "; ".join(
@@ -252,6 +253,6 @@ def _is_user(key: bytes | None, value: bytes | None, user: str) -> bool:
     if key is not None and key.decode(errors="replace") == user:
         return True
     try:
-        return Recommendation.model_validate_json(value or b"").user_id == user
+        return Recommendation.model_validate_json(payload(value)).user_id == user
     except ValidationError:
         return False

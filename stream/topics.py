@@ -21,6 +21,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 from pydantic import BaseModel, ValidationError
 
+from stream.framing import payload
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ def read_messages(
     unreadable = 0
     for msg in read_to_end(settings, topic, timeout_s, **consumer_config):
         try:
-            yield msg, model.model_validate_json(msg.value() or b"")
+            yield msg, model.model_validate_json(payload(msg.value()))
         except ValidationError:
             unreadable += 1
     if unreadable:

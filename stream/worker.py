@@ -38,6 +38,7 @@ from faust.types import TP
 from stream import endpoints, metrics
 from stream.batch_process import BatchProcess, ChildMetrics
 from stream.batcher import MicroBatcher
+from stream.framing import Framing
 from stream.health import WorkerHealth
 from stream.lookup import Routes, advertised_url
 from stream.pipeline import RawClick
@@ -93,6 +94,7 @@ class Worker:
         self.batch = batch
         self.health = health
         self.clock = PartitionClock()
+        self.framing = Framing(settings)
         w = settings.worker
         self.watchdog = Watchdog(w.stall_timeout_s, w.stall_exit_s)
         self.report = StallReport(
@@ -219,10 +221,11 @@ class Worker:
         topic, version = self.settings.topics.clicks, self.health.model_version
         partitions = [tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic]
         key, value = status_record(self.settings, version or 0, partitions)
+        topic = self.settings.topics.worker_status
         try:
-            await self.app.producer.send_and_wait(
-                self.settings.topics.worker_status, key, value, None, None, None
-            )
+            # a registry's framing may ask it over HTTP (once): never on the event loop
+            value = await asyncio.to_thread(self.framing, topic, value)
+            await self.app.producer.send_and_wait(topic, key, value, None, None, None)
         except Exception as e:  # a status is worth a warning, never the worker
             log.warning("cannot send this worker's status: %s", e)
 
