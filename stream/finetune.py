@@ -80,6 +80,18 @@ class RunResult:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class Carried:
+    """A rejected candidate the next run trains on from, instead of the served model: training
+    is kept, only publishing is gated. Valid while ``parent`` is still what the workers serve."""
+
+    model: GlintRU
+    vocab: list[str]
+    parent: int | None
+    added: list[str]  # items it added to the parent's vocabulary
+    runs: int  # rejected runs it went through
+
+
 def job_dir(settings: Settings) -> Path:
     """The job's own directory: its store and the checkpoints it stages."""
     return settings.paths.state_dir / "finetune"
@@ -107,6 +119,7 @@ class FinetuneJob:
         self.device = settings.torch_device()
         self.runs = 0
         self.trained_tick = 0  # the store's tick at the last run: who is recent since
+        self.carried: Carried | None = None
 
     def close(self) -> None:
         self.store.close()
@@ -139,18 +152,25 @@ class FinetuneJob:
         opts = self.options
         torch.set_num_threads(opts.torch_threads)
         model, manifest, parent = self.load_current()
+        carried, self.carried = self.carried, None
+        if carried is not None and (carried.parent != parent or carried.runs >= opts.carry_runs):
+            carried = None  # another version is served, or it has failed the gate enough times
+        start, start_vocab = (
+            (model, manifest["vocab"]) if carried is None else (carried.model, carried.vocab)
+        )
         raw = [items for _, items in self.store.sequences()]  # least recently active first
         recent = self.store.active_since(self.trained_tick)
         self.trained_tick = self.store.tick
-        added = new_items_in(manifest["vocab"], raw, opts.new_item_min_clicks)
+        added = new_items_in(start_vocab, raw, opts.new_item_min_clicks)
         contexts = (
-            item_contexts(model, manifest["vocab"], raw, added)
+            item_contexts(start, start_vocab, raw, added)
             if opts.new_item_init is NewItemInit.CONTEXT
             else None
         )
         grown, vocab = grow_vocabulary(
-            model, manifest, added, seed=opts.seed + self.runs, contexts=contexts
+            start, {"vocab": start_vocab}, added, seed=opts.seed + self.runs, contexts=contexts
         )
+        added = [*(carried.added if carried else []), *added]  # since the served version
         everyone, holdout = split_holdout(to_indices(raw, vocab), opts.holdout_users)
         rng = np.random.default_rng(opts.seed + self.runs)
         train = [s for s in replay_mix(everyone, recent, opts.recent_share, rng) if len(s) >= 2]
@@ -163,6 +183,7 @@ class FinetuneJob:
             "steps": opts.steps,
             "lr": opts.lr,
             "tolerance": opts.tolerance,
+            "carried_runs": 0 if carried is None else carried.runs,
         }
         if len(holdout) < opts.min_holdout_users:
             return RunResult(RunOutcome.SKIPPED, parent, figures=figures)
@@ -181,6 +202,9 @@ class FinetuneJob:
             }
         )
         if not (finite and gate(new, current, opts.tolerance)):
+            if finite:
+                runs = 1 if carried is None else carried.runs + 1
+                self.carried = Carried(tuned, vocab, parent, added, runs)
             return RunResult(RunOutcome.REJECTED, parent, figures=figures)
         try:
             fresh = carry_fresh(manifest, added, opts.fresh_versions)

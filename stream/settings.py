@@ -315,6 +315,10 @@ class FinetuneSettings(BaseSettings):
     )
     min_holdout_users: int = 20  # fewer: skip the run (its figures would be noise)
     tolerance: float = 0.0  # publish if new NDCG@10 >= current NDCG@10 - this
+    # a rejected candidate is where the next run starts (training kept, publishing gated), for
+    # up to this many rejected runs in a row; then a run starts over from the served model.
+    # 0 = every run starts from the served model
+    carry_runs: int = 3
     user_clicks: int = 200  # clicks kept per user (= the ML-1M window L)
     max_users: int = 20000  # users kept; the least recently active are evicted
     new_item_min_clicks: int = 2  # clicks before a new item joins the vocabulary

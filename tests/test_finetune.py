@@ -368,6 +368,67 @@ def test_good_fine_tune_grows_the_vocabulary_publishes_and_announces(
     assert announced["parent"] is None and announced["created"] == info.created
 
 
+def test_a_rejected_candidate_is_where_the_next_runs_start_until_it_passes_or_expires(
+    job_settings: Settings, frozen: GlintRU, tmp_path: Path
+) -> None:
+    save(frozen, job_settings.paths.checkpoint_dir)
+    # tolerance -1: no candidate can pass the gate (it would need NDCG@10 one higher)
+    job = job_with(job_settings, finetune_tolerance=-1.0, finetune_carry_runs=2)
+    stream = drifting(150, seed=2)
+    for seq in stream[:30]:
+        seq[-3] = NUM_ITEMS + 1
+    try:
+        fill(job, stream, vocab=[*VOCAB, "brand-new"])
+        rejected = [job.run_once() for _ in range(3)]
+        assert job.carried is not None and job.carried.runs == 1
+        assert job.carried.added == ["brand-new"]
+        carried_weights = job.carried.model.state_dict()
+        job.options = job.options.model_copy(update={"tolerance": 1.0})  # any candidate passes
+        passed = job.run_once()
+        assert job.carried is None  # published: the next run starts from it, served
+    finally:
+        job.close()
+    assert [r.outcome for r in rejected] == [RunOutcome.REJECTED] * 3, rejected
+    # run 1 from the served model, runs 2-3 from the candidate before, run 3 from the served
+    # model again: two rejected runs in a row were carried (carry_runs = 2)
+    assert [r.figures["carried_runs"] for r in rejected] == [0, 1, 0]
+    # items added since the served version: by the run, or by the candidate it started from
+    assert [r.figures["new_items"] for r in rejected] == [1, 1, 1]
+    assert passed.outcome == RunOutcome.PUBLISHED and passed.figures["carried_runs"] == 1
+    assert passed.figures["new_items"] == 1
+    info = Registry(job_settings.paths.registry_dir).current()
+    assert info is not None and info.version == passed.version
+    model, manifest = load_checkpoint(info.path)
+    assert manifest["vocab"] == [*VOCAB, "brand-new"]
+    assert fresh_items(manifest) == ["brand-new"]  # fresh since the version it was tuned from
+    # the published weights were trained on from the carried candidate, not from the served
+    # model (which the frozen fixture still is)
+    published = model.state_dict()
+    assert any(not torch.equal(published[k], carried_weights[k]) for k in published)
+    assert not torch.equal(
+        published["item_embedding.weight"][: NUM_ITEMS + 1],
+        frozen.state_dict()["item_embedding.weight"],
+    )
+
+
+def test_a_carried_candidate_is_dropped_when_another_version_is_served(
+    job_settings: Settings, frozen: GlintRU, tmp_path: Path
+) -> None:
+    releases = Releases(job_settings)
+    releases.publish(save(frozen, tmp_path / "v1"))
+    job = job_with(job_settings, finetune_tolerance=-1.0)
+    try:
+        fill(job, drifting(150, seed=2))
+        first = job.run_once()
+        releases.publish(save(frozen, tmp_path / "v2"))  # e.g. an operator's publish
+        second = job.run_once()
+    finally:
+        job.close()
+    assert first.outcome == second.outcome == RunOutcome.REJECTED
+    assert (first.parent, second.parent) == (1, 2)
+    assert second.figures["carried_runs"] == 0  # started from v2, not from v1's candidate
+
+
 def test_a_rollback_holds_across_fine_tune_runs_until_unpinned(
     job_settings: Settings, frozen: GlintRU, tmp_path: Path
 ) -> None:
