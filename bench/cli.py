@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn
 
 import click
 
@@ -11,6 +14,13 @@ import click
 @click.group()
 def bench() -> None:
     """Benchmarks (run by hand; figures go to docs/)."""
+    # A benchmark owns processes (a broker, workers, a fine-tune job) that its `finally` blocks
+    # stop: `kill` must unwind through them as Ctrl-C does, not leave them running.
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, _frame: FrameType | None) -> NoReturn:
+    raise SystemExit(128 + signum)
 
 
 @bench.group()

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
+from pathlib import Path
+
 from bench.broker_latency import LONG_FETCH_WAIT_MS, QUANTILES, WORKER_FETCH_WAIT_MS, probe
+from stream.testkit import GLINTSTREAM
 
 
 def test_probe_counts_the_batches_it_appends_and_times_every_path(bootstrap_servers: str) -> None:
@@ -18,3 +24,38 @@ def test_probe_counts_the_batches_it_appends_and_times_every_path(bootstrap_serv
         for wait in (WORKER_FETCH_WAIT_MS, LONG_FETCH_WAIT_MS):
             fetched = step.fetch_ms[wait]
             assert fetched is not None and 0 < fetched < 5_000
+
+
+def test_a_killed_benchmark_stops_the_broker_it_started(tmp_path: Path) -> None:
+    """`kill` (SIGTERM) unwinds a benchmark like Ctrl-C: the processes it owns stop with it."""
+    work = tmp_path / "work"
+    bench = subprocess.Popen(
+        [GLINTSTREAM, "bench", "broker", "--steps", "1000", "--work-dir", str(work)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        pid_file = work / "broker.pid"
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        broker_pid = int(pid_file.read_text())
+        assert _alive(broker_pid)
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=30) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while _alive(broker_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(broker_pid), "the benchmark's broker outlived it"
+    finally:
+        bench.kill()
+        bench.wait()
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent counts as stopped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
