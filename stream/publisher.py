@@ -77,7 +77,11 @@ class Publisher:
         partition: int | None = None,
         headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
-        value = self._frame(topic, value)
+        try:
+            value = self._frame(topic, value)
+        except Exception as e:  # the registry unreachable or refusing the schema: a delivery
+            # failure like the broker's (retried, counted), whatever the client library raised
+            raise DeliveryError(f"the schema registry did not frame a message: {e!r}") from e
         while True:
             try:
                 if partition is None:

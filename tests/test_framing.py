@@ -16,10 +16,12 @@ from conftest import Contract
 from test_worker import make_checkpoint
 
 from model.data import synthetic
+from stream.broker import free_port
 from stream.clicks import Click, Rejection, parse_click
 from stream.framing import Framing, FramingError, payload, unframe
 from stream.messages import RejectReason
 from stream.produce import produce_clicks
+from stream.publisher import DeliveryError, Publisher
 from stream.schemas import schema_text
 from stream.settings import Settings, load_settings
 from stream.tail import format_recommendation
@@ -135,3 +137,14 @@ def test_a_worker_with_a_registry_reads_framed_clicks_and_frames_what_it_writes(
         for msg in statuses.messages:
             assert msg.value()[:1] == b"\x00"
             contract("worker-status", unframe(msg.value()))
+
+
+def test_an_unreachable_registry_is_a_delivery_failure(settings: Settings) -> None:
+    """The worker retries a batch whose messages cannot be framed, as one the broker refused."""
+    unreachable = with_registry(settings, f"http://127.0.0.1:{free_port()}")
+    publisher = Publisher(unreachable)
+    try:
+        with pytest.raises(DeliveryError, match="schema registry"):
+            publisher.send(unreachable.topics.recommendations, b"u1", b'{"user_id": "u1"}')
+    finally:
+        publisher.close()
