@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from stream.batch_process import BatchProcess
 from stream.model_source import ModelNotFoundError
 from stream.settings import Settings, load_settings
+from stream.testkit import alive, gone_within
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,15 +35,6 @@ def test_a_start_failure_is_raised_in_the_worker(tmp_path: Path) -> None:
             batch.start()
     finally:
         batch.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a killed child stays a zombie until its parent (init here) reaps it: dead all the same
-    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
 
 
 def test_the_batch_process_dies_with_a_killed_worker(tmp_path: Path) -> None:
@@ -70,14 +61,11 @@ def test_the_batch_process_dies_with_a_killed_worker(tmp_path: Path) -> None:
     try:
         assert worker.stdout is not None
         child = int(worker.stdout.readline())
-        assert _alive(child)
+        assert alive(child)
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
-        deadline = time.monotonic() + 10
-        while _alive(child) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(child), "the batch process outlived its worker"
+        assert gone_within(child, 10), "the batch process outlived its worker"
     finally:
         worker.kill()
-        if child is not None and _alive(child):  # the test failed: do not leak it
+        if child is not None and alive(child):  # the test failed: do not leak it
             os.kill(child, signal.SIGKILL)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from bench.broker_latency import LONG_FETCH_WAIT_MS, QUANTILES, WORKER_FETCH_WAIT_MS, probe
-from stream.testkit import GLINTSTREAM
+from stream.testkit import GLINTSTREAM, alive, gone_within
 
 
 def test_probe_counts_the_batches_it_appends_and_times_every_path(bootstrap_servers: str) -> None:
@@ -40,22 +40,10 @@ def test_a_killed_benchmark_stops_the_broker_it_started(tmp_path: Path) -> None:
         while not pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         broker_pid = int(pid_file.read_text())
-        assert _alive(broker_pid)
+        assert alive(broker_pid)
         bench.send_signal(signal.SIGTERM)
         assert bench.wait(timeout=30) == 128 + signal.SIGTERM
-        deadline = time.monotonic() + 10
-        while _alive(broker_pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _alive(broker_pid), "the benchmark's broker outlived it"
+        assert gone_within(broker_pid, 10), "the benchmark's broker outlived it"
     finally:
         bench.kill()
         bench.wait()
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for its parent counts as stopped)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"

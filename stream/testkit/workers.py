@@ -324,3 +324,20 @@ def private_worker_env(
         GLINTSTREAM_DEVICE="cpu",
     )
     return worker_env(**{**defaults, **settings}), topics
+
+
+def alive(pid: int) -> bool:
+    """The process runs; a zombie waiting for its parent to reap it counts as stopped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    """Whether the process stops within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)
