@@ -143,18 +143,24 @@ def to_indices(sequences: Iterable[list[str]], vocab: list[str]) -> list[np.ndar
 
 # ----------------------------------------------------------------------------- replay
 def replay_mix(
-    sequences: list[np.ndarray], recent: int, recent_share: float, rng: np.random.Generator
+    sequences: list[np.ndarray],
+    recent: int,
+    recent_share: float,
+    rng: np.random.Generator,
+    at_least: int = 0,
 ) -> list[np.ndarray]:
     """What a run trains on, from sequences ordered least recently active first whose last
     ``recent`` users clicked since the last run: those users, plus a random sample of the older
-    ones (in order) so that the recent users make ``recent_share`` of the whole; everyone when
-    the share is 0 or nobody is recent. The model adapts to who is active now, and the replay
-    keeps it from forgetting everyone else."""
+    ones (in order) so that the recent users make at most ``recent_share`` of the whole, and
+    the whole is at least ``at_least`` users (a run's steps x batch size: each user once, not
+    a few users over and over); everyone when the share is 0 or nobody is recent. The model
+    adapts to who is active now, and the replay keeps it from forgetting everyone else."""
     recent = min(recent, len(sequences))
     if recent_share <= 0 or recent == 0:
         return list(sequences)
     older = len(sequences) - recent
-    wanted = min(older, round(recent * (1 - recent_share) / recent_share))
+    by_share = round(recent * (1 - recent_share) / recent_share)
+    wanted = min(older, max(by_share, at_least - recent))
     chosen = np.sort(rng.choice(older, size=wanted, replace=False)) if wanted else np.zeros(0, int)
     return [sequences[i] for i in chosen] + list(sequences[older:])
 

@@ -173,7 +173,9 @@ class FinetuneJob:
         added = [*(carried.added if carried else []), *added]  # since the served version
         everyone, holdout = split_holdout(to_indices(raw, vocab), opts.holdout_users)
         rng = np.random.default_rng(opts.seed + self.runs)
-        train = [s for s in replay_mix(everyone, recent, opts.recent_share, rng) if len(s) >= 2]
+        one_pass = opts.steps * opts.batch_size
+        mixed = replay_mix(everyone, recent, opts.recent_share, rng, at_least=one_pass)
+        train = [s for s in mixed if len(s) >= 2]
         figures: dict[str, Any] = {
             "holdout_users": len(holdout),
             "train_users": len(train),

@@ -581,3 +581,6 @@ def test_a_run_trains_on_the_recent_users_and_a_replay_of_older_ones() -> None:
     assert replay_mix(seqs, recent=0, recent_share=0.5, rng=rng) == seqs  # nobody recent
     assert replay_mix(seqs, recent=3, recent_share=0.0, rng=rng) == seqs  # no mixing asked
     assert replay_mix(seqs, recent=9, recent_share=0.5, rng=rng) == seqs  # too few older ones
+    # a run's steps x batch size: more of the older users, so none is trained on many times
+    filled = replay_mix(seqs, recent=2, recent_share=0.5, rng=rng, at_least=7)
+    assert len(filled) == 7 and filled[-2:] == seqs[-2:]
