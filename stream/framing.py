@@ -41,6 +41,10 @@ class FramingError(ValueError):
     """A value starts like a framed one but its header is cut short or unknown."""
 
 
+class RegistryError(RuntimeError):
+    """The registry did not register a schema or give its id (unreachable, refused)."""
+
+
 def unframe(value: bytes) -> bytes:
     """The JSON payload of ``value``: without its Confluent header when it has one."""
     if value[:1] not in FRAMED_FIRST_BYTES:
@@ -94,6 +98,7 @@ class Framing:
 
     def __init__(self, settings: Settings) -> None:
         self._topics = message_topics(settings)
+        self._url = settings.kafka.schema_registry_url
         self._client: SchemaRegistryClient | None = None
         if settings.kafka.schema_registry_url:
             from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -120,7 +125,12 @@ class Framing:
             context = SerializationContext(topic, MessageField.VALUE)
             self._serializers[topic] = (self._serializer(name), context)
         serializer, context = self._serializers[topic]
-        framed = serializer(value, context)
+        try:
+            framed = serializer(value, context)
+        except Exception as e:  # the HTTP client's, the registry's or the serializer's errors
+            raise RegistryError(
+                f"the schema registry at {self._url} did not frame a {name} for {topic}: {e!r}"
+            ) from e
         assert framed is not None  # None only for a None value
         return framed
 

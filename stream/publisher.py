@@ -15,7 +15,7 @@ import logging
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from stream.framing import Framing
+from stream.framing import Framing, RegistryError
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,8 @@ class Publisher:
     ) -> None:
         try:
             value = self._frame(topic, value)
-        except Exception as e:  # the registry unreachable or refusing the schema: a delivery
-            # failure like the broker's (retried, counted), whatever the client library raised
-            raise DeliveryError(f"the schema registry did not frame a message: {e!r}") from e
+        except RegistryError as e:  # a delivery failure like the broker's: retried, counted
+            raise DeliveryError(str(e)) from e
         while True:
             try:
                 if partition is None:

@@ -5,6 +5,8 @@ installs on this machine; the framing and the serializers are confluent-kafka's 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from stream.publisher import DeliveryError, Publisher
 from stream.schemas import schema_text
 from stream.settings import Settings, load_settings
 from stream.tail import format_recommendation
-from stream.testkit import TopicReader, WorkerProcess, private_worker_env
+from stream.testkit import GLINTSTREAM, TopicReader, WorkerProcess, private_worker_env
 
 MAX_BYTES = 4096
 CLICK = {"user_id": "u1", "item_id": "i7", "ts": 12.5, "event_id": "e-1"}
@@ -148,3 +150,20 @@ def test_an_unreachable_registry_is_a_delivery_failure(settings: Settings) -> No
             publisher.send(unreachable.topics.recommendations, b"u1", b'{"user_id": "u1"}')
     finally:
         publisher.close()
+
+
+def test_produce_with_an_unreachable_registry_fails_in_one_line(bootstrap_servers: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    proc = subprocess.run(
+        [
+            *(GLINTSTREAM, "--bootstrap-servers", bootstrap_servers),
+            *("produce", "--dataset", "synthetic", "--limit", "3", "--no-progress"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "KAFKA_SCHEMA_REGISTRY_URL": url},
+    )
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: the schema registry at " + url), proc.stderr

@@ -50,6 +50,7 @@ def produce(
     no_progress: bool,
 ) -> None:
     """Replay clicks (a dataset, your file) to the clicks topic in time order, keyed by user."""
+    from stream.framing import RegistryError
     from stream.produce import click_order, iter_clicks, produce_clicks
     from stream.topics import BrokerUnreachable, ensure_reachable
 
@@ -65,15 +66,18 @@ def produce(
         order = click_order(data, users=users, user_ids=ids, skip_last=skip_last, limit=limit)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    report = produce_clicks(
-        settings,
-        iter_clicks(data, order),
-        topic=topic,
-        rate=rate,
-        total=len(order),
-        progress=not no_progress,
-        linger_ms=linger_ms,
-    )
+    try:
+        report = produce_clicks(
+            settings,
+            iter_clicks(data, order),
+            topic=topic,
+            rate=rate,
+            total=len(order),
+            progress=not no_progress,
+            linger_ms=linger_ms,
+        )
+    except RegistryError as e:
+        raise click.ClickException(str(e)) from None
     click.echo(
         f"{report.sent} clicks sent in {report.seconds:.1f} s ({report.rate:.0f}/s): "
         f"{report.delivered} delivered, {report.failed} failed",
