@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_bench_stream import checkpoint
 
-from bench.soak import LineCounter, Soak, SoakConfig
+from bench.soak import LineCounter, Soak, SoakConfig, summarize
 from model.data import synthetic
 
 pytestmark = pytest.mark.timeout(300)
@@ -59,3 +60,24 @@ def test_the_line_counter_reads_only_complete_new_lines(tmp_path: Path) -> None:
     with path.open("ab") as f:
         f.write(b"7\n")
     assert counter.rows() == 3
+
+
+def test_every_click_sent_is_in_some_row_even_one_sent_after_the_last_rows_end() -> None:
+    """A busy producer's last click may leave after the run's nominal end: the last row's."""
+    config = SoakConfig(checkpoint=Path("unused"), rows=2, row_s=10.0)
+    produced = np.array([0.0, 5.0, 12.0, 19.9, 20.3])  # the last: after row 1 ended (at 20)
+    acks = {
+        "partition": np.zeros(5, dtype=int),
+        "offset": np.arange(5),
+        "produced": produced,
+    }
+    recs = {
+        "partition": np.zeros(5, dtype=int),
+        "offset": np.arange(5),
+        "received": produced + 0.1,
+        "click_ts": produced,
+    }
+    lookups = {name: np.zeros(0) for name in ("time", "status", "user_state", "ms")}
+    rows, acked, failed, missing, repeats = summarize(acks, recs, lookups, [], config, {})
+    assert [r.sent for r in rows] == [2, 3]
+    assert (acked, failed, missing, repeats) == (5, 0, 0, 0)
