@@ -658,9 +658,7 @@ class OnlineBench:
                 known = set(vocab)
                 added = list(dict.fromkeys(i for h in history for i in h if i not in known))
                 contexts = item_contexts(model, vocab, history, added)
-                model, vocab = grow_vocabulary(
-                    model, {"vocab": vocab}, added, seed=s, contexts=contexts
-                )
+                model, vocab = grow_vocabulary(model, vocab, added, seed=s, contexts=contexts)
                 sequences = to_indices(history, vocab)
                 steps = math.ceil(c.oracle_epochs * len(sequences) / c.oracle_batch_size)
                 model = finetune(

@@ -50,12 +50,13 @@ def new_items_in(vocab: list[str], sequences: Iterable[list[str]], min_clicks: i
 
 def grow_vocabulary(
     model: GlintRU,
-    manifest: dict,
+    vocab: list[str],
     new_items: list[str],
     seed: int = 0,
     contexts: dict[str, Tensor] | None = None,
 ) -> tuple[GlintRU, list[str]]:
-    """A copy of ``model`` whose vocabulary ends with ``new_items`` (those it does not know yet).
+    """A copy of ``model`` (whose vocabulary is ``vocab``) whose vocabulary ends with
+    ``new_items`` (those it does not know yet).
 
     Returns (model, vocab). Rows 0..num_items keep their index and weights. A new item with a
     context (``item_contexts``) starts there: it scores high for users like those who clicked
@@ -64,7 +65,7 @@ def grow_vocabulary(
     """
     if not isinstance(model, GlintRU):
         raise TypeError(f"only GLINT-RU models can grow their vocabulary, not {type(model)}")
-    vocab = list(manifest["vocab"])
+    vocab = list(vocab)
     if len(vocab) != model.num_items + 1:
         raise ValueError(f"vocab has {len(vocab)} entries, the model {model.num_items + 1}")
     known = set(vocab)

@@ -168,7 +168,7 @@ class FinetuneJob:
             else None
         )
         grown, vocab = grow_vocabulary(
-            start, {"vocab": start_vocab}, added, seed=opts.seed + self.runs, contexts=contexts
+            start, start_vocab, added, seed=opts.seed + self.runs, contexts=contexts
         )
         added = [*(carried.added if carried else []), *added]  # since the served version
         everyone, holdout = split_holdout(to_indices(raw, vocab), opts.holdout_users)

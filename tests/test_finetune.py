@@ -116,7 +116,7 @@ def test_new_items_in_counts_and_keeps_first_appearance_order() -> None:
 def test_grow_vocabulary_appends_and_keeps_every_old_index(variant: str) -> None:
     model = tiny(variant)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    grown, vocab = grow_vocabulary(model, {"vocab": VOCAB}, ["n1", "i3", "n2", "n1"])
+    grown, vocab = grow_vocabulary(model, VOCAB, ["n1", "i3", "n2", "n1"])
     assert vocab == VOCAB + ["n1", "n2"]  # appended once each, known ids ignored
     assert grown.num_items == NUM_ITEMS + 2 and grown.config.num_items == NUM_ITEMS + 2
     table = grown.item_embedding.weight
@@ -133,13 +133,13 @@ def test_grow_vocabulary_appends_and_keeps_every_old_index(variant: str) -> None
     with torch.no_grad():
         assert torch.allclose(grown(seq, n), model(seq, n), atol=1e-6)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # untouched
-    again, same = grow_vocabulary(model, {"vocab": VOCAB}, ["i1"])
+    again, same = grow_vocabulary(model, VOCAB, ["i1"])
     assert same == VOCAB and again.num_items == NUM_ITEMS
 
 
 def test_grown_items_can_be_learned_and_recommended() -> None:
     # A new item that always follows i1: after growth and fine-tuning it is recommended after i1.
-    model, vocab = grow_vocabulary(tiny(), {"vocab": VOCAB}, ["new"])
+    model, vocab = grow_vocabulary(tiny(), VOCAB, ["new"])
     new = len(vocab) - 1
     rng = np.random.default_rng(0)
     seqs = [np.array([*rng.integers(2, NUM_ITEMS, size=3), 1, new]) for _ in range(64)]
@@ -165,8 +165,8 @@ def test_a_new_item_starts_where_the_users_who_clicked_it_are(variant: str) -> N
             scores = grown.logits(grown(torch.tensor([[3, 7]]), torch.tensor([2])))[0, 1:]
         return int((scores > scores[-1]).sum())
 
-    with_context, _ = grow_vocabulary(model, {"vocab": VOCAB}, ["new"], contexts=contexts)
-    at_mean, _ = grow_vocabulary(model, {"vocab": VOCAB}, ["new"])
+    with_context, _ = grow_vocabulary(model, VOCAB, ["new"], contexts=contexts)
+    at_mean, _ = grow_vocabulary(model, VOCAB, ["new"])
     assert rank(with_context) < min(rank(at_mean), NUM_ITEMS // 4)
 
 
