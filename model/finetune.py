@@ -89,6 +89,20 @@ def grow_vocabulary(
     return grown.train(model.training), vocab + added
 
 
+def graft_new_items(
+    served: GlintRU, served_vocab: list[str], candidate: GlintRU, candidate_vocab: list[str]
+) -> tuple[GlintRU, list[str]]:
+    """``served``'s weights with ``candidate``'s embedding rows for the items ``served_vocab``
+    lacks (``candidate_vocab`` extends it): the new items of a candidate whose other weights
+    were rejected. Returns (model, vocab), the vocab equal to ``candidate_vocab``."""
+    if candidate_vocab[: len(served_vocab)] != served_vocab:
+        raise ValueError("the candidate's vocabulary does not extend the served one")
+    rows = candidate.item_embedding.weight.detach()
+    added = candidate_vocab[len(served_vocab) :]
+    own = {item: rows[len(served_vocab) + n] for n, item in enumerate(added)}
+    return grow_vocabulary(served, served_vocab, added, contexts=own)
+
+
 @torch.no_grad()
 def item_contexts(
     model: GlintRU, vocab: list[str], sequences: Iterable[list[str]], items: list[str]

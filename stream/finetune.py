@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from model.finetune import (
     K,
     finetune,
     gate,
+    graft_new_items,
     grow_vocabulary,
     holdout_metrics,
     item_contexts,
@@ -204,9 +205,12 @@ class FinetuneJob:
             }
         )
         if not (finite and gate(new, current, opts.tolerance)):
-            if finite:
-                runs = 1 if carried is None else carried.runs + 1
-                self.carried = Carried(tuned, vocab, parent, added, runs)
+            if not finite:
+                return RunResult(RunOutcome.REJECTED, parent, figures=figures)
+            runs = 1 if carried is None else carried.runs + 1
+            self.carried = Carried(tuned, vocab, parent, added, runs)
+            if added:
+                return self._publish_new_items(model, manifest, parent, holdout, current, figures)
             return RunResult(RunOutcome.REJECTED, parent, figures=figures)
         try:
             fresh = carry_fresh(manifest, added, opts.fresh_versions)
@@ -215,6 +219,35 @@ class FinetuneJob:
             figures["held"] = str(e)
             return RunResult(RunOutcome.HELD, parent, figures=figures)
         return RunResult(RunOutcome.PUBLISHED, parent, version, figures)
+
+    def _publish_new_items(
+        self,
+        served: GlintRU,
+        manifest: dict[str, Any],
+        parent: int | None,
+        holdout: list[np.ndarray],
+        current: dict[str, float],
+        figures: dict[str, Any],
+    ) -> RunResult:
+        """The rejected candidate's new items on the served weights, if that passes the gate
+        alone: a new item reaches users at the next run after its first clicks, not when some
+        candidate's weights pass. The candidate is still carried, from the version published."""
+        carried = self.carried
+        assert carried is not None
+        grafted, vocab = graft_new_items(served, manifest["vocab"], carried.model, carried.vocab)
+        alone = holdout_metrics(grafted, holdout)
+        figures.update({f"items_{HR}": alone[HR], f"items_{NDCG}": alone[NDCG]})
+        if not gate(alone, current, self.options.tolerance):
+            return RunResult(RunOutcome.REJECTED, parent, figures=figures)
+        fresh = carry_fresh(manifest, carried.added, self.options.fresh_versions)
+        try:
+            version = self._publish(grafted, vocab, manifest, parent, figures, fresh)
+        except RegistryPinned as e:
+            figures["held"] = str(e)
+            return RunResult(RunOutcome.REJECTED, parent, figures=figures)
+        # the served version now holds its items: they are no longer the candidate's own
+        self.carried = replace(carried, parent=version, added=[])
+        return RunResult(RunOutcome.ITEMS, parent, version, figures)
 
     def _publish(
         self,
@@ -242,6 +275,7 @@ class FinetuneJob:
             note = (
                 f"finetune run {self.runs}: {figures['train_users']} users, "
                 f"{figures['steps']} steps, +{figures['new_items']} items"
+                + (", the items alone on the served weights" if f"items_{NDCG}" in figures else "")
             )
             info = self.releases.publish(
                 staging, parent=parent, gate=figures, note=note, unless_pinned=True
@@ -269,6 +303,10 @@ class FinetuneJob:
             f"NDCG@{K} {f[f'current_{NDCG}']:.4f} -> {f[f'new_{NDCG}']:.4f}, "
             f"HR@{K} {f[f'current_{HR}']:.4f} -> {f[f'new_{HR}']:.4f}, "
             if f"new_{NDCG}" in f
+            else ""
+        ) + (
+            f"its new items alone NDCG@{K} {f[f'items_{NDCG}']:.4f}, "
+            if f"items_{NDCG}" in f
             else ""
         )
         log.info(

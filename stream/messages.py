@@ -65,6 +65,8 @@ class RunOutcome(StrEnum):
     PUBLISHED = "published"  # passed the gate
     HELD = "held"  # passed the gate, not promoted: an operator pinned a version
     REJECTED = "rejected"  # failed the gate
+    # failed the gate, but its new items passed it alone: published on the served weights
+    ITEMS = "items"
     SKIPPED = "skipped"  # too few holdout users
     FAILED = "failed"  # an error, logged
 

@@ -208,15 +208,17 @@ _F = FINETUNE_REGISTRY
 
 FINETUNE_RUNS = Counter(
     "glintstream_finetune_runs_total",
-    "Fine-tune runs by outcome: published (passed the gate), rejected (failed the gate), "
-    "skipped (too few holdout users), failed (an error, logged).",
+    "Fine-tune runs by outcome: published (passed the gate), held (passed, a version is "
+    "pinned), rejected (failed the gate), items (failed the gate, its new items published "
+    "alone), skipped (too few holdout users), failed (an error, logged).",
     ["outcome"],
     registry=_F,
 )
 FINETUNE_REJECTED_IN_A_ROW = Gauge(
     "glintstream_finetune_consecutive_rejections",
-    "Runs rejected by the evaluation gate since the last published one (skipped and failed "
-    "runs neither count nor reset it).",
+    "Runs rejected by the evaluation gate since the last published one (a run whose new items "
+    "alone were published counts: its weights were rejected; skipped and failed runs neither "
+    "count nor reset it).",
     registry=_F,
 )
 FINETUNE_LAST_RUN = Gauge(
@@ -265,7 +267,7 @@ def record_finetune_run(outcome: RunOutcome) -> None:
     """Count a finished run and keep the rejected-in-a-row streak the alerts watch."""
     FINETUNE_RUNS.labels(outcome).inc()
     FINETUNE_LAST_RUN.labels(outcome).set_to_current_time()
-    if outcome is RunOutcome.REJECTED:
+    if outcome in (RunOutcome.REJECTED, RunOutcome.ITEMS):
         FINETUNE_REJECTED_IN_A_ROW.inc()
     elif outcome is RunOutcome.PUBLISHED:
         FINETUNE_REJECTED_IN_A_ROW.set(0)

@@ -121,7 +121,7 @@ class BatchPipeline:
     def _scorer(self, loaded: LoadedModel | None = None) -> Scorer:
         w = self.settings.worker
         loaded = loaded or self.models.load(self.device)
-        scorer = Scorer(loaded, w.top_k, w.mask_seen, w.scoring_mode, w.fresh_slot)
+        scorer = Scorer(loaded, w.top_k, w.mask_seen, w.scoring_mode, w.fresh_share)
         metrics.MODEL_VERSION.set(scorer.version)
         log.info(
             "serving model version %d from %s on %s (%s)",

@@ -35,6 +35,24 @@ class TopK:
     scores: list[float]
 
 
+# A list's fresh-slot draw (``fresh_lists``): a multiplicative hash of the user's last two
+# clicks, mod a prime. Pure, so a replay of the same clicks gets the same lists.
+_DRAW_MULTIPLIERS = (2654435761, 40503)
+_DRAW_MODULUS = 10007
+
+
+def fresh_lists(rings: Tensor, share: float) -> Tensor:
+    """Which lists offer their last slot to a fresh item: a ``share`` of them, drawn from each
+    user's last two clicks (``rings``: item indices, most recent last). Every user's lists take
+    turns, as their clicks change, and the cost of the slot to the rest is bounded by the share.
+    """
+    if share >= 1:
+        return torch.ones(len(rings), dtype=torch.bool, device=rings.device)
+    before = rings[:, -2] if rings.size(1) > 1 else torch.zeros_like(rings[:, -1])
+    key = (rings[:, -1] * _DRAW_MULTIPLIERS[0] + before * _DRAW_MULTIPLIERS[1]) % _DRAW_MODULUS
+    return key < share * _DRAW_MODULUS
+
+
 class Scorer:
     """A loaded model on its device, with its vocabulary and version."""
 
@@ -44,7 +62,7 @@ class Scorer:
         top_k: int,
         mask_seen: bool,
         mode: ScoringMode,
-        fresh_slot: bool = False,
+        fresh_share: float = 0.0,
     ) -> None:
         model = loaded.model
         if mode is ScoringMode.STEP and not model.steps:
@@ -67,7 +85,7 @@ class Scorer:
         self._index = {item: i for i, item in enumerate(self.vocab) if i > 0}
         fresh = [self._index[i] for i in fresh_items(loaded.manifest) if i in self._index]
         self.fresh = torch.tensor(fresh, dtype=torch.long, device=self.device)
-        self.fresh_slot = fresh_slot and len(fresh) > 0 and self.k > 0
+        self.fresh_share = fresh_share if fresh and self.k > 0 else 0.0
 
     def item_index(self, item_id: str) -> int | None:
         return self._index.get(item_id)
@@ -169,12 +187,13 @@ class Scorer:
         if self.mask_seen:
             scores.scatter_(1, rings, float("-inf"))
         values, indices = scores.topk(self.k, dim=1)
-        if self.fresh_slot:
+        if self.fresh_share > 0:
             # the best fresh item takes the last slot; it scores at most the item it replaces,
             # so the list stays in descending order
             best, at = scores[:, self.fresh].max(dim=1)
             item = self.fresh[at]
             take = torch.isfinite(best) & ~(indices == item.unsqueeze(1)).any(dim=1)
+            take &= fresh_lists(rings, self.fresh_share)
             values[take, -1], indices[take, -1] = best[take], item[take]
         return values, indices
 

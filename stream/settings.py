@@ -231,9 +231,10 @@ class WorkerSettings(BaseSettings):
     top_k: int = Field(10, validation_alias=_worker_env("top_k"))
     # never recommend an item that is in the user's ring buffer
     mask_seen: bool = Field(True, validation_alias=_worker_env("mask_seen"))
-    # The last slot of a top-K goes to the best-scoring fresh item (model.new_items) when none is
-    # in it: new items reach users before their clicks have taught the model to rank them.
-    fresh_slot: bool = Field(True, validation_alias=_worker_env("fresh_slot"))
+    # On this share of lists (0: none, 1: all), the last slot of a top-K goes to the best-scoring
+    # fresh item (model.new_items) when none is in it: new items reach users before their clicks
+    # have taught the model to rank them, and the other lists keep their 10th item.
+    fresh_share: float = Field(0.1, ge=0, le=1, validation_alias=_worker_env("fresh_share"))
     # step: one O(1) GLINT-RU step per click; recompute: the full forward over the window per
     # click (any model, SASRec too): the baseline of `glintstream bench stream`
     scoring_mode: ScoringMode = Field(
@@ -321,9 +322,9 @@ class FinetuneSettings(BaseSettings):
     carry_runs: int = 3
     user_clicks: int = 200  # clicks kept per user (= the ML-1M window L)
     max_users: int = 20000  # users kept; the least recently active are evicted
-    new_item_min_clicks: int = 2  # clicks before a new item joins the vocabulary
+    new_item_min_clicks: int = 1  # clicks before a new item joins the vocabulary
     new_item_init: NewItemInit = NewItemInit.CONTEXT  # where its embedding row starts
-    fresh_versions: int = 3  # items added by this many last versions are fresh (worker_fresh_slot)
+    fresh_versions: int = 3  # items added by this many last versions are fresh (worker_fresh_share)
     keep_versions: int = 5  # registry versions retained after a publish (the one default)
     block_cache_mb: int = 8  # RocksDB block cache of the job's store
     torch_threads: int = 1  # leaves the other cores to the workers

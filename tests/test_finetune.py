@@ -55,6 +55,7 @@ PRETRAIN_STEPS = 100
 TUNE_STEPS = 30
 LR = 3e-3
 BROKEN_LR = 1e3  # the deliberately broken fine-tune
+TOLERANCE = 0.05  # a gate tolerance the broken fine-tune fails by far
 E2E_USERS = 60  # users of the end-to-end stream (2 * HALF clicks each)
 E2E_NEW_ITEM_USERS = 20  # of them, users who click a brand-new item
 STREAM_TS, AFTER_TS = 1e9, 2e9  # click stamps before and after the new version
@@ -584,3 +585,36 @@ def test_a_run_trains_on_the_recent_users_and_a_replay_of_older_ones() -> None:
     # a run's steps x batch size: more of the older users, so none is trained on many times
     filled = replay_mix(seqs, recent=2, recent_share=0.5, rng=rng, at_least=7)
     assert len(filled) == 7 and filled[-2:] == seqs[-2:]
+
+
+def test_a_rejected_candidates_new_items_are_published_alone_on_the_served_weights(
+    job_settings: Settings, frozen: GlintRU, tmp_path: Path
+) -> None:
+    v1 = Releases(job_settings).publish(save(frozen, tmp_path / "v1")).version
+    # the broken candidate fails any gate; its one new row alone costs less than the tolerance
+    job = job_with(job_settings, finetune_lr=BROKEN_LR, finetune_tolerance=TOLERANCE)
+    stream = [s[:HALF] for s in drifting(150, seed=2)]
+    for seq in stream[:30]:
+        seq[-3] = NUM_ITEMS + 1
+    try:
+        fill(job, stream, vocab=[*VOCAB, "brand-new"])
+        result = job.run_once()
+        carried = job.carried
+    finally:
+        job.close()
+    f = result.figures
+    assert f["new_NDCG@10"] < f["current_NDCG@10"] - TOLERANCE <= f["items_NDCG@10"], f
+    assert result.outcome == RunOutcome.ITEMS and result.parent == v1, result
+    info = Releases(job_settings).registry.current()
+    assert info is not None and info.version == result.version == v1 + 1
+    model, manifest = load_checkpoint(info.path)
+    assert manifest["vocab"] == [*VOCAB, "brand-new"] and fresh_items(manifest) == ["brand-new"]
+    published, served = model.state_dict(), frozen.state_dict()
+    # every weight is the served one, the new item's row is the candidate's
+    table = published.pop("item_embedding.weight")
+    assert all(torch.equal(published[k], served[k]) for k in published)
+    assert torch.equal(table[: NUM_ITEMS + 1], served["item_embedding.weight"])
+    assert carried is not None
+    assert torch.equal(table[-1], carried.model.state_dict()["item_embedding.weight"][-1])
+    # the candidate is carried from the version that now holds its item
+    assert carried.parent == info.version and carried.added == [] and carried.runs == 1

@@ -15,7 +15,7 @@ from model.recommender import SequentialRecommender, StreamState
 from stream import metrics
 from stream.messages import ScoringMode
 from stream.model_source import LoadedModel, Served
-from stream.scoring import Scorer
+from stream.scoring import Scorer, fresh_lists
 from stream.user_record import UserRecord
 
 NUM_ITEMS = 25
@@ -276,8 +276,8 @@ def test_the_best_fresh_item_takes_the_last_slot_when_the_list_lacks_one() -> No
         {"vocab": VOCAB, "extra": {FRESH_ITEMS: [fresh[:1], fresh[1:]]}},
         Served(Path("x"), 1),
     )
-    with_slot = Scorer(loaded, K, True, ScoringMode.STEP, fresh_slot=True)
-    without = Scorer(loaded, K, True, ScoringMode.STEP, fresh_slot=False)
+    with_slot = Scorer(loaded, K, True, ScoringMode.STEP, fresh_share=1.0)
+    without = Scorer(loaded, K, True, ScoringMode.STEP, fresh_share=0.0)
     rng = np.random.default_rng(0)
     histories = [rng.integers(1, NUM_ITEMS + 1, size=4).tolist() for _ in range(30)]
     histories.append([20, 21, 22, 5])  # every fresh item clicked: masked, no slot to fill
@@ -302,3 +302,39 @@ def test_the_best_fresh_item_takes_the_last_slot_when_the_list_lacks_one() -> No
             assert got.scores == sorted(got.scores, reverse=True)
             replaced += 1
     assert replaced and kept
+
+
+def test_a_share_of_lists_offers_the_fresh_slot_drawn_from_the_last_two_clicks() -> None:
+    rings = torch.from_numpy(np.random.default_rng(0).integers(0, 3000, size=(20000, 5)))
+    drawn = fresh_lists(rings, 0.1)
+    assert 0.09 < drawn.float().mean() < 0.11
+    assert torch.equal(drawn, fresh_lists(rings.clone(), 0.1))  # a replay draws the same lists
+    assert not fresh_lists(rings, 0.0).any() and fresh_lists(rings, 1.0).all()
+    same_last_two = rings.clone()
+    same_last_two[:, :-2] = 0  # only the last two clicks decide
+    assert torch.equal(drawn, fresh_lists(same_last_two, 0.1))
+    assert (fresh_lists(rings, 0.05) <= drawn).all()  # a smaller share is a subset
+
+
+def test_lists_not_drawn_keep_their_plain_top_k() -> None:
+    model = make_model(3)
+    loaded = LoadedModel(
+        model, {"vocab": VOCAB, "extra": {FRESH_ITEMS: [["i20", "i21"]]}}, Served(Path("x"), 1)
+    )
+    share = 0.3
+    scorer = Scorer(loaded, K, True, ScoringMode.STEP, fresh_share=share)
+    every = Scorer(loaded, K, True, ScoringMode.STEP, fresh_share=1.0)
+    rng = np.random.default_rng(1)
+    offered = 0
+    for _ in range(40):
+        history = rng.integers(1, 20, size=3).tolist()  # never a fresh item
+        _, got = scorer.run([None], [(0, i) for i in history])
+        _, slotted = every.run([None], [(0, i) for i in history])
+        expected, _ = offline_top_k(model, history, mask_seen=True)
+        ring = torch.tensor([[0] * (MAX_LEN - len(history)) + history])
+        if bool(fresh_lists(ring, share)[0]):
+            assert got[-1].items == slotted[-1].items
+            offered += got[-1].items != expected
+        else:
+            assert got[-1].items == expected
+    assert offered
