@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 import yaml
@@ -24,11 +25,13 @@ from stream.testkit.source import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
-COMPOSE_FILES = [COMPOSE, DEPLOY / "compose.gpu.yaml"]
+REGISTRY_OVERLAY = DEPLOY / "compose.registry.yaml"
+COMPOSE_FILES = [COMPOSE, DEPLOY / "compose.gpu.yaml", REGISTRY_OVERLAY]
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
 IMAGE = PYPROJECT["project"]["name"]  # the image is named after the package
 PROMETHEUS_DIR = PurePosixPath("/etc/prometheus")  # where the prom/prometheus image reads
 GRAFANA_PROVISIONING = PurePosixPath("/etc/grafana/provisioning")
+REGISTRY_SERVICE = "schema-registry"
 
 
 def load_compose(path: Path) -> dict[str, Any]:
@@ -134,6 +137,45 @@ def test_state_and_registry_are_named_volumes_where_the_settings_point(
     assert len(registry_volumes) == 1, registry_volumes
     commands = {s["command"][0] for s in glintstream_services(compose).values()}
     assert commands == {"worker", "finetune"}
+
+
+def test_the_registry_overlay_points_every_glintstream_process_at_its_registry(
+    container_settings: Any,
+) -> None:
+    """deploy/compose.registry.yaml adds a Schema Registry and gives every glintstream service
+    of compose.yaml its URL, by the service's name and the port it listens on; every process
+    waits for it to be healthy (a first write registers a schema)."""
+    base = glintstream_services(load_compose(COMPOSE))
+    overlay = load_compose(REGISTRY_OVERLAY)["services"]
+    registry = overlay.pop(REGISTRY_SERVICE)
+    assert set(overlay) == set(base)
+    listens = urlparse(registry["environment"]["SCHEMA_REGISTRY_LISTENERS"])
+    assert "healthcheck" in registry
+    for name, service in base.items():
+        environment = {**service["environment"], **overlay[name]["environment"]}
+        kafka = container_settings({**service, "environment": environment}).kafka
+        url = urlparse(kafka.schema_registry_url)
+        assert (url.hostname, url.port) == (REGISTRY_SERVICE, listens.port), (name, url)
+        assert kafka.bootstrap_servers == "kafka:9092"  # the overlay adds, it does not replace
+        waits_for = overlay[name]["depends_on"]
+        assert waits_for[REGISTRY_SERVICE]["condition"] == "service_healthy", name
+        assert set(service["depends_on"]) <= set(waits_for), name  # and still for Kafka
+
+
+def test_the_compose_files_pass_docker_compose_config() -> None:
+    """What `docker compose config` says of the files as a user combines them."""
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.skip("docker-compose not installed")
+    for extra in ([], ["-f", "compose.gpu.yaml"], ["-f", "compose.registry.yaml"]):
+        run = subprocess.run(
+            [tool, "-f", "compose.yaml", *extra, "config", "--quiet"],
+            cwd=DEPLOY,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, (extra, run.stderr)
 
 
 def _strings(node: Any) -> Iterator[str]:
