@@ -199,12 +199,16 @@ def split_holdout(
 
 
 @torch.no_grad()
-def holdout_metrics(model: GlintRU, sequences: list[np.ndarray]) -> dict[str, float]:
+def holdout_metrics(
+    model: GlintRU, sequences: list[np.ndarray], unranked: Iterable[int] = ()
+) -> dict[str, float]:
     """Next-click HR@10 and NDCG@10 of each sequence's last click given the clicks before it.
 
-    The evaluator's full ranking with the history masked (the worker masks seen items). Items
-    beyond the model's vocabulary (grown since) are dropped from histories, and a target the
-    model cannot score, or a user with no known history left, is a miss.
+    The evaluator's full ranking with the history masked (the worker masks seen items), and the
+    ``unranked`` item indices left out of it (the fresh items, which the worker does not rank:
+    ``model.new_items``). Items beyond the model's vocabulary (grown since) are dropped from
+    histories, and a target the model cannot score or does not rank, or a user with no known
+    history left, is a miss.
     """
     if not sequences:
         raise ValueError("no holdout sequences")
@@ -213,11 +217,18 @@ def holdout_metrics(model: GlintRU, sequences: list[np.ndarray]) -> dict[str, fl
     known = (targets <= model.num_items) & torch.tensor([len(h) > 0 for h in histories])
     scorable = known.nonzero().squeeze(1).tolist()
     ranks = torch.full((len(sequences),), MISS_RANK, dtype=torch.long)
+    score, left_out = score_fn(model), torch.tensor(sorted(set(unranked)), dtype=torch.long)
+
+    def ranked(chunk: list[np.ndarray]) -> Tensor:
+        scores = score(chunk)
+        scores[:, left_out.to(scores.device)] = float("-inf")
+        return scores
+
     was_training = model.training
     model.eval()
     try:
         ranks[known] = masked_ranks(
-            score_fn(model), [histories[i] for i in scorable], targets[known], EVAL_BATCH_SIZE
+            ranked, [histories[i] for i in scorable], targets[known], EVAL_BATCH_SIZE
         )
     finally:
         model.train(was_training)

@@ -11,7 +11,10 @@ class NewItemInit(StrEnum):
 
 
 # The manifest field (under "extra") of a fine-tuned checkpoint listing the items added by its
-# last few versions, newest last, one list per version: what the worker treats as fresh.
+# last few versions, newest last, one list per version. A fresh item's row has learned from a
+# click or two, and it scores like a popular item for many users: a fresh item is not ranked
+# with the others (by the worker, nor by the fine-tune job's gate) but offered in the worker's
+# fresh slot, until its clicks have trained it for a few versions.
 FRESH_ITEMS = "fresh_items"
 
 

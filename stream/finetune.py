@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ from model.finetune import (
     weights_finite,
 )
 from model.glintru import GlintRU
-from model.new_items import FRESH_ITEMS, NewItemInit, carry_fresh
+from model.new_items import FRESH_ITEMS, NewItemInit, carry_fresh, fresh_items
 from model.registry import RegistryPinned
 from stream import endpoints, metrics
 from stream.clicks import Click, parse_click
@@ -193,7 +194,12 @@ class FinetuneJob:
         tuned = finetune(
             grown, train, opts.steps, opts.lr, batch_size=opts.batch_size, seed=opts.seed
         )
-        current, new = holdout_metrics(model, holdout), holdout_metrics(tuned, holdout)
+        # each side judged on what the workers would rank: its fresh items are not
+        fresh = carry_fresh(manifest, added, opts.fresh_versions)
+        index = {item: i for i, item in enumerate(vocab)}
+        unranked = [index[i] for i in chain(*fresh)]
+        current = holdout_metrics(model, holdout, [index[i] for i in fresh_items(manifest)])
+        new = holdout_metrics(tuned, holdout, unranked)
         finite = weights_finite(tuned)
         figures.update(
             {
@@ -209,11 +215,11 @@ class FinetuneJob:
                 return RunResult(RunOutcome.REJECTED, parent, figures=figures)
             runs = 1 if carried is None else carried.runs + 1
             self.carried = Carried(tuned, vocab, parent, added, runs)
-            if added:
-                return self._publish_new_items(model, manifest, parent, holdout, current, figures)
+            if added:  # its new items may still go out, on the served weights
+                judged = (holdout, unranked, current)
+                return self._publish_new_items(model, manifest, parent, judged, figures, fresh)
             return RunResult(RunOutcome.REJECTED, parent, figures=figures)
         try:
-            fresh = carry_fresh(manifest, added, opts.fresh_versions)
             version = self._publish(tuned, vocab, manifest, parent, figures, fresh)
         except RegistryPinned as e:
             figures["held"] = str(e)
@@ -225,21 +231,21 @@ class FinetuneJob:
         served: GlintRU,
         manifest: dict[str, Any],
         parent: int | None,
-        holdout: list[np.ndarray],
-        current: dict[str, float],
+        judged: tuple[list[np.ndarray], list[int], dict[str, float]],
         figures: dict[str, Any],
+        fresh: list[list[str]],
     ) -> RunResult:
         """The rejected candidate's new items on the served weights, if that passes the gate
-        alone: a new item reaches users at the next run after its first clicks, not when some
+        alone (``judged``: the holdout, the items it does not rank, the served model's figures):
+        a new item reaches users at the next run after its first click, not when some
         candidate's weights pass. The candidate is still carried, from the version published."""
-        carried = self.carried
+        carried, (holdout, unranked, current) = self.carried, judged
         assert carried is not None
         grafted, vocab = graft_new_items(served, manifest["vocab"], carried.model, carried.vocab)
-        alone = holdout_metrics(grafted, holdout)
+        alone = holdout_metrics(grafted, holdout, unranked)
         figures.update({f"items_{HR}": alone[HR], f"items_{NDCG}": alone[NDCG]})
         if not gate(alone, current, self.options.tolerance):
             return RunResult(RunOutcome.REJECTED, parent, figures=figures)
-        fresh = carry_fresh(manifest, carried.added, self.options.fresh_versions)
         try:
             version = self._publish(grafted, vocab, manifest, parent, figures, fresh)
         except RegistryPinned as e:

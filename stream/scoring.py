@@ -85,7 +85,7 @@ class Scorer:
         self._index = {item: i for i, item in enumerate(self.vocab) if i > 0}
         fresh = [self._index[i] for i in fresh_items(loaded.manifest) if i in self._index]
         self.fresh = torch.tensor(fresh, dtype=torch.long, device=self.device)
-        self.fresh_share = fresh_share if fresh and self.k > 0 else 0.0
+        self.fresh_share = fresh_share if self.k > 0 else 0.0
 
     def item_index(self, item_id: str) -> int | None:
         return self._index.get(item_id)
@@ -186,15 +186,20 @@ class Scorer:
         scores = self.model.logits(user_repr)  # column 0 (pad) is -inf
         if self.mask_seen:
             scores.scatter_(1, rings, float("-inf"))
+        if not len(self.fresh):
+            values, indices = scores.topk(self.k, dim=1)
+            return values, indices
+        # fresh items are not ranked with the others (model.new_items): on a drawn share of
+        # lists the best of them takes the last place, and the list is put back in score order
+        fresh = scores[:, self.fresh]
+        scores[:, self.fresh] = float("-inf")
         values, indices = scores.topk(self.k, dim=1)
         if self.fresh_share > 0:
-            # the best fresh item takes the last slot; it scores at most the item it replaces,
-            # so the list stays in descending order
-            best, at = scores[:, self.fresh].max(dim=1)
-            item = self.fresh[at]
-            take = torch.isfinite(best) & ~(indices == item.unsqueeze(1)).any(dim=1)
-            take &= fresh_lists(rings, self.fresh_share)
-            values[take, -1], indices[take, -1] = best[take], item[take]
+            best, at = fresh.max(dim=1)
+            take = torch.isfinite(best) & fresh_lists(rings, self.fresh_share)
+            values[take, -1], indices[take, -1] = best[take], self.fresh[at][take]
+            values, order = values.sort(dim=1, descending=True, stable=True)
+            indices = indices.gather(1, order)
         return values, indices
 
     def _advance(self, state: StreamState, items: Tensor) -> tuple[StreamState, Tensor]:
