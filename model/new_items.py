@@ -34,3 +34,13 @@ def carry_fresh(parent: dict, added: list[str], versions: int) -> list[list[str]
     if versions <= 0:
         return []
     return [*_fresh_lists(parent), list(added)][-versions:]
+
+
+def add_fresh(parent: dict, added: list[str], versions: int) -> list[list[str]]:
+    """The ``FRESH_ITEMS`` of a version that adds ``added`` to ``parent``'s weights unchanged
+    (a rejected candidate's new items alone): they join the newest list, so only versions whose
+    weights were trained age fresh items, and the version ranks exactly what its parent did."""
+    if versions <= 0:
+        return []
+    lists = _fresh_lists(parent)
+    return [*lists[:-1], [*lists[-1], *added]] if lists else [list(added)]

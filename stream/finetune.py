@@ -53,7 +53,7 @@ from model.finetune import (
     weights_finite,
 )
 from model.glintru import GlintRU
-from model.new_items import FRESH_ITEMS, NewItemInit, carry_fresh, fresh_items
+from model.new_items import FRESH_ITEMS, NewItemInit, add_fresh, carry_fresh, fresh_items
 from model.registry import RegistryPinned
 from stream import endpoints, metrics
 from stream.clicks import Click, parse_click
@@ -216,6 +216,8 @@ class FinetuneJob:
             runs = 1 if carried is None else carried.runs + 1
             self.carried = Carried(tuned, vocab, parent, added, runs)
             if added:  # its new items may still go out, on the served weights
+                fresh = add_fresh(manifest, added, opts.fresh_versions)
+                unranked = [index[i] for i in chain(*fresh)]
                 judged = (holdout, unranked, current)
                 return self._publish_new_items(model, manifest, parent, judged, figures, fresh)
             return RunResult(RunOutcome.REJECTED, parent, figures=figures)

@@ -35,22 +35,28 @@ class TopK:
     scores: list[float]
 
 
-# A list's fresh-slot draw (``fresh_lists``): a multiplicative hash of the user's last two
-# clicks, mod a prime. Pure, so a replay of the same clicks gets the same lists.
-_DRAW_MULTIPLIERS = (2654435761, 40503)
+# The fresh slot's draws (``fresh_draw``): multiplicative hashes of the user's last two clicks,
+# mod a prime. Pure, so a replay of the same clicks gets the same lists and items.
+_LIST_MULTIPLIERS = (2654435761, 40503)
+_ITEM_MULTIPLIERS = (40503, 2654435761)
 _DRAW_MODULUS = 10007
 
 
-def fresh_lists(rings: Tensor, share: float) -> Tensor:
-    """Which lists offer their last slot to a fresh item: a ``share`` of them, drawn from each
-    user's last two clicks (``rings``: item indices, most recent last). Every user's lists take
-    turns, as their clicks change, and the cost of the slot to the rest is bounded by the share.
-    """
-    if share >= 1:
-        return torch.ones(len(rings), dtype=torch.bool, device=rings.device)
+def _hash(rings: Tensor, multipliers: tuple[int, int]) -> Tensor:
     before = rings[:, -2] if rings.size(1) > 1 else torch.zeros_like(rings[:, -1])
-    key = (rings[:, -1] * _DRAW_MULTIPLIERS[0] + before * _DRAW_MULTIPLIERS[1]) % _DRAW_MODULUS
-    return key < share * _DRAW_MODULUS
+    return (rings[:, -1] * multipliers[0] + before * multipliers[1]) % _DRAW_MODULUS
+
+
+def fresh_draw(rings: Tensor, share: float, fresh: int) -> tuple[Tensor, Tensor]:
+    """(drawn, pick): which lists offer their last place to a fresh item, a ``share`` of them,
+    and which of the ``fresh`` items each offers, drawn from each user's last two clicks
+    (``rings``: item indices, most recent last). A user's lists take turns as their clicks
+    change; every fresh item is offered about as often, so none waits on its score to be shown,
+    and the cost to the lists is bounded by the share."""
+    drawn = _hash(rings, _LIST_MULTIPLIERS) < share * _DRAW_MODULUS
+    if share >= 1:
+        drawn[:] = True
+    return drawn, _hash(rings, _ITEM_MULTIPLIERS) % max(fresh, 1)
 
 
 class Scorer:
@@ -190,14 +196,15 @@ class Scorer:
             values, indices = scores.topk(self.k, dim=1)
             return values, indices
         # fresh items are not ranked with the others (model.new_items): on a drawn share of
-        # lists the best of them takes the last place, and the list is put back in score order
+        # lists a drawn one takes the last place, and the list is put back in score order
         fresh = scores[:, self.fresh]
         scores[:, self.fresh] = float("-inf")
         values, indices = scores.topk(self.k, dim=1)
         if self.fresh_share > 0:
-            best, at = fresh.max(dim=1)
-            take = torch.isfinite(best) & fresh_lists(rings, self.fresh_share)
-            values[take, -1], indices[take, -1] = best[take], self.fresh[at][take]
+            drawn, pick = fresh_draw(rings, self.fresh_share, len(self.fresh))
+            offered = fresh.gather(1, pick.unsqueeze(1)).squeeze(1)
+            take = drawn & torch.isfinite(offered)  # not one the user has clicked
+            values[take, -1], indices[take, -1] = offered[take], self.fresh[pick][take]
             values, order = values.sort(dim=1, descending=True, stable=True)
             indices = indices.gather(1, order)
         return values, indices

@@ -34,7 +34,7 @@ from model.finetune import (
     weights_finite,
 )
 from model.glintru import GlintRU, GlintRUConfig, build_glintru
-from model.new_items import FRESH_ITEMS, carry_fresh, fresh_items
+from model.new_items import FRESH_ITEMS, add_fresh, carry_fresh, fresh_items
 from model.registry import Registry
 from stream.broker import free_port
 from stream.finetune import FinetuneJob
@@ -179,6 +179,10 @@ def test_fresh_items_are_those_added_by_the_last_versions() -> None:
     third = {"extra": {FRESH_ITEMS: carry_fresh(second, [], versions=2)}}
     fourth = {"extra": {FRESH_ITEMS: carry_fresh(third, ["c"], versions=2)}}
     assert [fresh_items(m) for m in (second, third, fourth)] == [["a", "b"], ["a", "b"], ["c"]]
+    # items added alone, on unchanged weights, join the newest list: nothing ages
+    fifth = {"extra": {FRESH_ITEMS: add_fresh(fourth, ["d"], versions=2)}}
+    assert fifth["extra"][FRESH_ITEMS] == [[], ["c", "d"]]
+    assert add_fresh(first, ["a"], versions=2) == [["a"]] and add_fresh(fifth, ["e"], 0) == []
 
 
 def test_split_holdout_never_trains_on_a_target() -> None:

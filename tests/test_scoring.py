@@ -15,7 +15,7 @@ from model.recommender import SequentialRecommender, StreamState
 from stream import metrics
 from stream.messages import ScoringMode
 from stream.model_source import LoadedModel, Served
-from stream.scoring import Scorer, fresh_lists
+from stream.scoring import Scorer, fresh_draw
 from stream.user_record import UserRecord
 
 NUM_ITEMS = 25
@@ -268,7 +268,13 @@ def test_items_the_new_model_lacks_leave_the_history() -> None:
     assert state.ring[0, -2:].tolist() == [1, 2]
 
 
-def test_fresh_items_are_not_ranked_and_the_best_takes_the_last_place_of_a_drawn_list() -> None:
+def ring_of(history: list[int]) -> torch.Tensor:
+    """The worker's ring after ``history``: its last MAX_LEN items, most recent last."""
+    window = history[-MAX_LEN:]
+    return torch.tensor([[0] * (MAX_LEN - len(window)) + window])
+
+
+def test_fresh_items_are_not_ranked_and_a_drawn_one_takes_the_last_place_of_a_drawn_list() -> None:
     model = make_model(3)
     fresh = ["i20", "i21", "i22"]
     loaded = LoadedModel(
@@ -279,12 +285,11 @@ def test_fresh_items_are_not_ranked_and_the_best_takes_the_last_place_of_a_drawn
     every = Scorer(loaded, K, True, ScoringMode.STEP, fresh_share=1.0)
     none = Scorer(loaded, K, True, ScoringMode.STEP, fresh_share=0.0)
     rng = np.random.default_rng(0)
-    histories = [rng.integers(1, NUM_ITEMS + 1, size=4).tolist() for _ in range(30)]
-    histories.append([20, 21, 22, 5])  # every fresh item clicked: masked, no slot to fill
-    fresh_index = torch.tensor([20, 21, 22])
-    slotted = 0
+    histories = [rng.integers(1, NUM_ITEMS + 1, size=4).tolist() for _ in range(40)]
+    fresh_index = [20, 21, 22]
+    offered = set()
     for history in histories:
-        _, offered = every.run([None], [(0, i) for i in history])
+        _, slotted = every.run([None], [(0, i) for i in history])
         _, plain = none.run([None], [(0, i) for i in history])
         with torch.no_grad():
             user = model.forward(torch.tensor([history]), torch.tensor([len(history)]))
@@ -294,29 +299,32 @@ def test_fresh_items_are_not_ranked_and_the_best_takes_the_last_place_of_a_drawn
         scores[fresh_index] = float("-inf")
         known = scores.topk(K)
         assert plain[-1].items == known.indices.tolist()  # a fresh item is never ranked
-        if not torch.isfinite(fresh_scores).any():
-            assert offered[-1].items == plain[-1].items
+        pick = int(fresh_draw(ring_of(history), 1.0, len(fresh_index))[1][0])
+        if fresh_index[pick] in history:  # clicked already: nothing to offer
+            assert slotted[-1].items == plain[-1].items
             continue
-        best = int(fresh_index[fresh_scores.argmax()])
-        listed = [*known.indices.tolist()[:-1], best]
-        by_score = [*known.values.tolist()[:-1], float(fresh_scores.max())]
+        listed = [*known.indices.tolist()[:-1], fresh_index[pick]]
+        by_score = [*known.values.tolist()[:-1], float(fresh_scores[pick])]
         expected = [item for _, item in sorted(zip(by_score, listed), reverse=True)]
-        assert offered[-1].items == expected  # in its place by score: not always the last
-        assert offered[-1].scores == sorted(offered[-1].scores, reverse=True)
-        slotted += 1
-    assert slotted and slotted < len(histories)
+        assert slotted[-1].items == expected  # in its place by score: not always the last
+        assert slotted[-1].scores == sorted(slotted[-1].scores, reverse=True)
+        offered.add(fresh_index[pick])
+    assert offered == set(fresh_index)
 
 
-def test_a_share_of_lists_offers_the_fresh_slot_drawn_from_the_last_two_clicks() -> None:
+def test_the_draw_takes_a_share_of_lists_and_turns_over_the_fresh_items() -> None:
     rings = torch.from_numpy(np.random.default_rng(0).integers(0, 3000, size=(20000, 5)))
-    drawn = fresh_lists(rings, 0.1)
+    drawn, pick = fresh_draw(rings, 0.1, 3)
     assert 0.09 < drawn.float().mean() < 0.11
-    assert torch.equal(drawn, fresh_lists(rings.clone(), 0.1))  # a replay draws the same lists
-    assert not fresh_lists(rings, 0.0).any() and fresh_lists(rings, 1.0).all()
+    shares = torch.bincount(pick[drawn], minlength=3) / drawn.sum()
+    assert ((shares > 0.28) & (shares < 0.39)).all(), shares  # each item about as often
+    again = fresh_draw(rings.clone(), 0.1, 3)  # a replay draws the same
+    assert torch.equal(drawn, again[0]) and torch.equal(pick, again[1])
+    assert not fresh_draw(rings, 0.0, 3)[0].any() and fresh_draw(rings, 1.0, 3)[0].all()
     same_last_two = rings.clone()
     same_last_two[:, :-2] = 0  # only the last two clicks decide
-    assert torch.equal(drawn, fresh_lists(same_last_two, 0.1))
-    assert (fresh_lists(rings, 0.05) <= drawn).all()  # a smaller share is a subset
+    assert torch.equal(drawn, fresh_draw(same_last_two, 0.1, 3)[0])
+    assert (fresh_draw(rings, 0.05, 3)[0] <= drawn).all()  # a smaller share is a subset
 
 
 def test_lists_not_drawn_keep_their_plain_top_k() -> None:
@@ -331,10 +339,10 @@ def test_lists_not_drawn_keep_their_plain_top_k() -> None:
     rng = np.random.default_rng(1)
     drawn = 0
     for _ in range(40):
-        clicks = [(0, int(i)) for i in rng.integers(1, 20, size=3)]  # never a fresh item
+        history = rng.integers(1, 20, size=3).tolist()  # never a fresh item
+        clicks = [(0, i) for i in history]
         _, got = scorer.run([None], clicks)
-        ring = torch.tensor([[0] * (MAX_LEN - len(clicks)) + [i for _, i in clicks]])
-        reference = every if bool(fresh_lists(ring, share)[0]) else none
+        reference = every if bool(fresh_draw(ring_of(history), share, 2)[0][0]) else none
         assert got[-1].items == reference.run([None], clicks)[1][-1].items
         drawn += reference is every
     assert 0 < drawn < 40
