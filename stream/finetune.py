@@ -120,7 +120,7 @@ class FinetuneJob:
         self.store = recent_clicks(settings)
         self.device = settings.torch_device()
         self.runs = 0
-        self.trained_tick = 0  # the store's tick at the last run: who is recent since
+        self.trained_tick = 0  # the store's tick at the last run that trained: who is recent
         self.carried: Carried | None = None
 
     def close(self) -> None:
@@ -161,8 +161,7 @@ class FinetuneJob:
             (model, manifest["vocab"]) if carried is None else (carried.model, carried.vocab)
         )
         raw = [items for _, items in self.store.sequences()]  # least recently active first
-        recent = self.store.active_since(self.trained_tick)
-        self.trained_tick = self.store.tick
+        recent, tick = self.store.active_since(self.trained_tick), self.store.tick
         added = new_items_in(start_vocab, raw, opts.new_item_min_clicks)
         contexts = (
             item_contexts(start, start_vocab, raw, added)
@@ -194,6 +193,7 @@ class FinetuneJob:
         tuned = finetune(
             grown, train, opts.steps, opts.lr, batch_size=opts.batch_size, seed=opts.seed
         )
+        self.trained_tick = tick  # a skipped or failed run leaves its recent users recent
         # each side judged on what the workers would rank: its fresh items are not
         fresh = carry_fresh(manifest, added, opts.fresh_versions)
         index = {item: i for i, item in enumerate(vocab)}

@@ -640,3 +640,22 @@ def test_a_rejected_candidates_new_items_are_published_alone_on_the_served_weigh
     assert torch.equal(table[-1], carried.model.state_dict()["item_embedding.weight"][-1])
     # the candidate is carried from the version that now holds its item
     assert carried.parent == info.version and carried.added == [] and carried.runs == 1
+
+
+def test_users_stay_recent_until_a_run_trains_on_them(
+    job_settings: Settings, frozen: GlintRU
+) -> None:
+    save(frozen, job_settings.paths.checkpoint_dir)
+    job = job_with(job_settings, finetune_min_holdout_users=1000)  # more than there are
+    try:
+        fill(job, drifting(150, seed=2))
+        skipped = job.run_once()
+        job.options = job.options.model_copy(update={"min_holdout_users": 20})
+        trained = job.run_once()
+        again = job.run_once()
+    finally:
+        job.close()
+    assert skipped.outcome == RunOutcome.SKIPPED, skipped
+    # the skipped run did not train on them: they are still recent for the run after it
+    assert trained.figures["recent_users"] == 150, trained.figures
+    assert again.figures["recent_users"] == 0, again.figures  # that one did
