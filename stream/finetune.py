@@ -221,10 +221,8 @@ class FinetuneJob:
                 judged = (holdout, unranked, current)
                 return self._publish_new_items(model, manifest, parent, judged, figures, fresh)
             return RunResult(RunOutcome.REJECTED, parent, figures=figures)
-        try:
-            version = self._publish(tuned, vocab, manifest, parent, figures, fresh)
-        except RegistryPinned as e:
-            figures["held"] = str(e)
+        version = self._publish(tuned, vocab, manifest, parent, figures, fresh)
+        if version is None:
             return RunResult(RunOutcome.HELD, parent, figures=figures)
         return RunResult(RunOutcome.PUBLISHED, parent, version, figures)
 
@@ -248,10 +246,8 @@ class FinetuneJob:
         figures.update({f"items_{HR}": alone[HR], f"items_{NDCG}": alone[NDCG]})
         if not gate(alone, current, self.options.tolerance):
             return RunResult(RunOutcome.REJECTED, parent, figures=figures)
-        try:
-            version = self._publish(grafted, vocab, manifest, parent, figures, fresh)
-        except RegistryPinned as e:
-            figures["held"] = str(e)
+        version = self._publish(grafted, vocab, manifest, parent, figures, fresh)
+        if version is None:  # pinned: nothing goes out
             return RunResult(RunOutcome.REJECTED, parent, figures=figures)
         # the served version now holds its items: they are no longer the candidate's own
         self.carried = replace(carried, parent=version, added=[])
@@ -265,8 +261,9 @@ class FinetuneJob:
         parent: int | None,
         figures: dict[str, Any],
         fresh: list[list[str]],
-    ) -> int:
-        """Stage a checkpoint and publish it, unless a version is pinned (``RegistryPinned``)."""
+    ) -> int | None:
+        """Stage a checkpoint and publish it: its version, or None when a version is pinned
+        (the reason in ``figures["held"]``)."""
         self.root.mkdir(parents=True, exist_ok=True)
         staging = tempfile.mkdtemp(prefix="staging-", dir=self.root)
         try:
@@ -288,6 +285,9 @@ class FinetuneJob:
             info = self.releases.publish(
                 staging, parent=parent, gate=figures, note=note, unless_pinned=True
             )
+        except RegistryPinned as e:
+            figures["held"] = str(e)
+            return None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return info.version
