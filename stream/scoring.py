@@ -53,9 +53,7 @@ def fresh_draw(rings: Tensor, share: float, fresh: int) -> tuple[Tensor, Tensor]
     (``rings``: item indices, most recent last). A user's lists take turns as their clicks
     change; every fresh item is offered about as often, so none waits on its score to be shown,
     and the cost to the lists is bounded by the share."""
-    drawn = _hash(rings, _LIST_MULTIPLIERS) < share * _DRAW_MODULUS
-    if share >= 1:
-        drawn[:] = True
+    drawn = _hash(rings, _LIST_MULTIPLIERS) < share * _DRAW_MODULUS  # all of them at share 1
     return drawn, _hash(rings, _ITEM_MULTIPLIERS) % max(fresh, 1)
 
 
