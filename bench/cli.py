@@ -397,6 +397,13 @@ def soak(
     help="The stream, every arm's recommendations (JSON lines), logs, the starting checkpoint.",
 )
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--worker-set",
+    "worker_sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A worker setting for every arm's worker (e.g. fresh_share=1.0); defaults otherwise.",
+)
 @click.option("--quick", is_flag=True, help="The <= 2 minute version (few users, short training).")
 def online(
     dataset: str,
@@ -412,6 +419,7 @@ def online(
     sets: tuple[str, ...],
     work_dir: Path,
     plot: Path | None,
+    worker_sets: tuple[str, ...],
     quick: bool,
 ) -> None:
     """Frozen vs fine-tuned vs retrain oracle on a time split: prequential HR@10 / NDCG@10."""
@@ -434,6 +442,7 @@ def online(
         oracle_epochs=oracle_epochs,
         bootstrap_servers=broker,
         finetune=parse_sets(sets),
+        worker=parse_sets(worker_sets),
         work_dir=work_dir,
     )
     if arms is not None:
@@ -442,9 +451,13 @@ def online(
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--arms") from None
     result = OnlineBench(config.quick() if quick else config).run()
-    overrides = ", ".join(f"{k}={v}" for k, v in config.finetune.items()) or "none"
+    overrides = {
+        what: ", ".join(f"{k}={v}" for k, v in values.items()) or "none"
+        for what, values in (("fine-tune", config.finetune), ("worker", config.worker))
+    }
     click.echo(
-        f"machine: {machine()}; dataset {dataset}; fine-tune settings overridden: {overrides}"
+        f"machine: {machine()}; dataset {dataset}; fine-tune settings overridden: "
+        f"{overrides['fine-tune']}; worker settings overridden: {overrides['worker']}"
     )
     topics = ", ".join(f"{arm}: {topic}" for arm, topic in result.topics.items())
     click.echo(f"stream: {work_dir}/stream.jsonl; recommendations topics: {topics or 'none'}")

@@ -64,7 +64,7 @@ from stream.finetune import recent_clicks
 from stream.finetune_store import StoredClick
 from stream.produce import producer_config
 from stream.settings import Settings, load_settings
-from stream.testkit import GLINTSTREAM, WorkerProcess, private_worker_env
+from stream.testkit import GLINTSTREAM, WorkerProcess, private_worker_env, settings_env
 from stream.topics import ensure_topics, poll_batch
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,8 @@ class OnlineBenchConfig:
     arms: tuple[str, ...] = ARMS
     bootstrap_servers: str | None = None  # None: a private embedded broker
     finetune: dict[str, str] = field(default_factory=dict)  # job settings, e.g. {"steps": "50"}
+    # the workers' settings in every arm, e.g. {"fresh_share": "1.0"}
+    worker: dict[str, str] = field(default_factory=dict)
     work_dir: Path = Path(".run/bench-online")
     threads: int = 2
 
@@ -491,7 +493,8 @@ class OnlineBench:
             GLINTSTREAM_PARTITIONS=c.partitions,
             GLINTSTREAM_METRICS_PORT=worker_metrics,
             GLINTSTREAM_FINETUNE_METRICS_PORT=job_metrics,
-            **{f"GLINTSTREAM_FINETUNE_{k.upper()}": v for k, v in c.finetune.items()},
+            **settings_env({f"finetune_{k}": v for k, v in c.finetune.items()}),
+            **settings_env(c.worker),
         )
         settings = load_settings(
             kafka_bootstrap_servers=bootstrap,

@@ -37,7 +37,7 @@ from bench.procstat import cpu_seconds, rss_bytes, tree_bytes
 from model.data import SequenceData, load_dataset
 from stream.broker import Broker, free_port
 from stream.produce import click_order
-from stream.testkit import PrometheusServer, WorkerProcess, worker_env
+from stream.testkit import PrometheusServer, WorkerProcess, settings_env, worker_env
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ class Soak:
         )
         if c.partitions is not None:
             env["GLINTSTREAM_PARTITIONS"] = str(c.partitions)
-        env.update({f"GLINTSTREAM_{k.upper()}": v for k, v in c.worker_settings.items()})
+        env.update(settings_env(c.worker_settings))
         return env
 
     def _wait_ready(self, worker: WorkerProcess) -> float:

@@ -49,7 +49,7 @@ from model.recommender import SequentialRecommender
 from stream.broker import Broker, free_port
 from stream.produce import Pacer, click_order, iter_clicks, producer_config
 from stream.settings import Settings, load_settings
-from stream.testkit import WorkerProcess, worker_env
+from stream.testkit import WorkerProcess, settings_env, worker_env
 from stream.topics import ensure_topics, poll_batch
 
 log = logging.getLogger(__name__)
@@ -508,9 +508,7 @@ class StreamBench:
         ensure_topics(self.settings, [topic], self.config.partitions)
         reader = OutputReader(self.settings, topic, parse=True)
         reader.start()
-        settings: dict[str, object] = {
-            f"GLINTSTREAM_{k.upper()}": v for k, v in self.config.worker_settings.items()
-        }
+        settings: dict[str, object] = {**settings_env(self.config.worker_settings)}
         metrics_port = free_port() if metrics else 0
         proc = self._start(
             name,

@@ -19,6 +19,7 @@ import stream
 from stream.cli import main
 from stream.cli.context import pass_settings
 from stream.settings import Settings, env_name, flat_names, load_settings
+from stream.testkit import settings_env
 from stream.testkit.source import REPO_ROOT
 
 
@@ -283,3 +284,14 @@ def test_internal_names_follow_the_app_id_unless_set() -> None:
         "shop-b-finetune",
     )
     assert other.topics.worker_status == "statuses"
+
+
+def test_settings_env_names_what_a_process_reads_and_refuses_a_misspelt_setting() -> None:
+    env = settings_env({"fresh_share": 0.5, "finetune_steps": 50, "kafka_bootstrap_servers": "b:1"})
+    assert env == {
+        "GLINTSTREAM_FRESH_SHARE": "0.5",
+        "GLINTSTREAM_FINETUNE_STEPS": "50",
+        "KAFKA_BOOTSTRAP_SERVERS": "b:1",
+    }
+    with pytest.raises(ValueError, match="fresh_shares"):
+        settings_env({"fresh_shares": 0.5})

@@ -18,6 +18,7 @@ from stream.testkit.workers import (
     offline_top_k,
     private_worker_env,
     read_log,
+    settings_env,
     stored_records,
     worker_env,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "offline_top_k",
     "private_worker_env",
     "read_log",
+    "settings_env",
     "stored_records",
     "worker_env",
 ]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import torch
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from model.glintru import GlintRU
-from stream.settings import RocksDBSettings
+from stream.settings import RocksDBSettings, env_name, flat_names
 from stream.state import StateStore
 from stream.user_record import UserRecord
 
@@ -295,6 +295,15 @@ def worker_env(**values: Any) -> dict[str, str]:
     env["GLINTSTREAM_WORKER_LOOKUP_PORT"] = "0"
     env.update({k: str(v) for k, v in values.items()})
     return env
+
+
+def settings_env(values: Mapping[str, object]) -> dict[str, str]:
+    """Settings by flat name (``fresh_share``, ``finetune_steps``) as the environment variables
+    a glintstream process reads them from; an unknown name is an error, not ignored."""
+    unknown = sorted(set(values) - set(flat_names()))
+    if unknown:
+        raise ValueError(f"unknown settings: {', '.join(unknown)}")
+    return {env_name(name): str(value) for name, value in values.items()}
 
 
 WORKER_TOPICS = ("clicks", "recommendations", "dlq", "changelog", "model_updates", "worker_status")
