@@ -324,7 +324,7 @@ class FinetuneSettings(BaseSettings):
     max_users: int = 20000  # users kept; the least recently active are evicted
     new_item_min_clicks: int = 1  # clicks before a new item joins the vocabulary
     new_item_init: NewItemInit = NewItemInit.CONTEXT  # where its embedding row starts
-    fresh_versions: int = 3  # items added by this many last versions are fresh (worker setting fresh_share)
+    fresh_versions: int = 3  # items added by this many last versions are fresh (fresh_share)
     keep_versions: int = 5  # registry versions retained after a publish (the one default)
     block_cache_mb: int = 8  # RocksDB block cache of the job's store
     torch_threads: int = 1  # leaves the other cores to the workers
