@@ -193,7 +193,7 @@ class FinetuneJob:
         tuned = finetune(
             grown, train, opts.steps, opts.lr, batch_size=opts.batch_size, seed=opts.seed
         )
-        self.trained_tick = tick  # a skipped or failed run leaves its recent users recent
+        self.trained_tick = tick  # a run skipped, or failed before this, leaves them recent
         # each side judged on what the workers would rank: its fresh items are not
         fresh = carry_fresh(manifest, added, opts.fresh_versions)
         index = {item: i for i, item in enumerate(vocab)}
