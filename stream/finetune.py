@@ -216,10 +216,7 @@ class FinetuneJob:
             runs = 1 if carried is None else carried.runs + 1
             self.carried = Carried(tuned, vocab, parent, added, runs)
             if added:  # its new items may still go out, on the served weights
-                fresh = add_fresh(manifest, added, opts.fresh_versions)
-                unranked = [index[i] for i in chain(*fresh)]
-                judged = (holdout, unranked, current)
-                return self._publish_new_items(model, manifest, parent, judged, figures, fresh)
+                return self._publish_new_items(model, manifest, parent, holdout, current, figures)
             return RunResult(RunOutcome.REJECTED, parent, figures=figures)
         version = self._publish(tuned, vocab, manifest, parent, figures, fresh)
         if version is None:
@@ -231,18 +228,20 @@ class FinetuneJob:
         served: GlintRU,
         manifest: dict[str, Any],
         parent: int | None,
-        judged: tuple[list[np.ndarray], list[int], dict[str, float]],
+        holdout: list[np.ndarray],
+        current: dict[str, float],
         figures: dict[str, Any],
-        fresh: list[list[str]],
     ) -> RunResult:
-        """The rejected candidate's new items on the served weights, if that passes the gate
-        alone (``judged``: the holdout, the items it does not rank, the served model's figures):
-        a new item reaches users at the next run after its first click, not when some
-        candidate's weights pass. The candidate is still carried, from the version published."""
-        carried, (holdout, unranked, current) = self.carried, judged
+        """The rejected (now carried) candidate's new items on the served weights, if that
+        passes the gate against the served model's ``current`` figures: a new item reaches users
+        at the next run after its first click, not when some candidate's weights pass. The
+        candidate is still carried, from the version published."""
+        carried = self.carried
         assert carried is not None
         grafted, vocab = graft_new_items(served, manifest["vocab"], carried.model, carried.vocab)
-        alone = holdout_metrics(grafted, holdout, unranked)
+        fresh = add_fresh(manifest, carried.added, self.options.fresh_versions)
+        index = {item: i for i, item in enumerate(vocab)}
+        alone = holdout_metrics(grafted, holdout, [index[i] for i in chain(*fresh)])
         figures.update({f"items_{HR}": alone[HR], f"items_{NDCG}": alone[NDCG]})
         if not gate(alone, current, self.options.tolerance):
             return RunResult(RunOutcome.REJECTED, parent, figures=figures)

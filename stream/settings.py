@@ -231,9 +231,9 @@ class WorkerSettings(BaseSettings):
     top_k: int = Field(10, validation_alias=_worker_env("top_k"))
     # never recommend an item that is in the user's ring buffer
     mask_seen: bool = Field(True, validation_alias=_worker_env("mask_seen"))
-    # On this share of lists (0: none, 1: all), the last slot of a top-K goes to the best-scoring
-    # fresh item (model.new_items) when none is in it: new items reach users before their clicks
-    # have taught the model to rank them, and the other lists keep their 10th item.
+    # Fresh items (model.new_items) are never ranked; on this share of lists (0: none, 1: all),
+    # drawn by the scorer, one of them takes the last place: new items reach users before their
+    # clicks have taught the model to rank them, and the other lists keep their 10th item.
     fresh_share: float = Field(0.1, ge=0, le=1, validation_alias=_worker_env("fresh_share"))
     # step: one O(1) GLINT-RU step per click; recompute: the full forward over the window per
     # click (any model, SASRec too): the baseline of `glintstream bench stream`
