@@ -8,7 +8,9 @@ Nothing here imports glintstream: the producer is a plain confluent-kafka ``Prod
 default settings, one ``produce`` per click at a fixed rate, the reader a plain ``Consumer`` of
 the recommendations, and the lookup client a plain HTTP client asking the worker for one user's
 latest recommendations every INTERVAL_MS (``GET /users/{id}/recommendations``), a user drawn
-from those the producer has sent clicks of by then (it paces itself on RATE). The producer stamps each click's ``ts`` with the moment of
+from those the producer has sent clicks of by then (it paces itself on RATE). Like a service
+calling the worker through a connection pool, it keeps one HTTP/1.1 connection open and opens a
+new one only after a failure (a restarted worker); the time of that reconnect counts. The producer stamps each click's ``ts`` with the moment of
 its ``produce`` call, which the worker echoes as ``click_ts``, so the reader measures
 click -> recommendation latency on this host's clock without joining anything. Both append CSV
 rows as they go (flushed every second) and stop cleanly on SIGTERM.
@@ -18,14 +20,13 @@ from __future__ import annotations
 
 import bisect
 import csv
+import http.client
 import json
 import random
 import signal
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,8 @@ def lookup(url: str, clicks: Path, rate: float, interval_s: float, out: Path) ->
     firsts = [first[u] for u in users]
     rng = random.Random(0)
     start = time.monotonic()
+    where = urllib.parse.urlsplit(url)
+    connection: http.client.HTTPConnection | None = None
     with out.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(LOOKUP_FIELDS)
@@ -168,12 +171,19 @@ def lookup(url: str, clicks: Path, rate: float, interval_s: float, out: Path) ->
             path = f"/users/{urllib.parse.quote(user, safe='')}/recommendations"
             began = time.perf_counter()
             try:
-                with urllib.request.urlopen(url + path, timeout=LOOKUP_TIMEOUT_S) as response:
-                    status, body = response.status, json.loads(response.read())
-            except urllib.error.HTTPError as e:
-                status, body = e.code, {}
-            except OSError:
+                if connection is None:
+                    connection = http.client.HTTPConnection(
+                        where.hostname or "", where.port, timeout=LOOKUP_TIMEOUT_S
+                    )
+                connection.request("GET", path)
+                response = connection.getresponse()
+                raw = response.read()
+                status, body = response.status, json.loads(raw) if response.status == 200 else {}
+            except (OSError, http.client.HTTPException, ValueError):
                 status, body = 0, {}
+                if connection is not None:
+                    connection.close()
+                connection = None
             ms = 1000 * (time.perf_counter() - began)
             own = int(body.get("source") == "user")
             writer.writerow((f"{time.time():.6f}", f"{ms:.3f}", status, own))

@@ -45,7 +45,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from stream import endpoints, metrics
+from stream import endpoints, lookup_server, metrics
 from stream.announcements import Announcements
 from stream.lookup import LocalLookup, LookupRouter, Routes, advertised_url
 from stream.model_source import ModelSource
@@ -232,7 +232,7 @@ def _serve_lookups(settings: Settings, pipeline: BatchPipeline) -> LookupRouter:
     )
     token = settings.metrics.secret_token()
     router = LookupRouter(local, advertised_url(settings), w.lookup_forward_timeout_s, token)
-    endpoints.serve(settings.metrics, w.lookup_port, None, lookup=router)
+    lookup_server.serve(settings.metrics, w.lookup_port, router)
     return router
 
 

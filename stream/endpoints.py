@@ -3,7 +3,7 @@
 ``/metrics`` is the Prometheus exposition of the process's registry; other paths are JSON
 routes the process registers (``/healthz``, ``/readyz``). A route answers
 ``(ok, body)``: 200 when ok, 503 when not, the body as JSON. A worker's batch process serves
-``GET /users/{user_id}/recommendations`` (``stream.lookup``) on a port of its own. The server runs in a daemon thread
+``GET /users/{user_id}/recommendations`` on a port of its own (``stream.lookup_server``). The server runs in a daemon thread
 (prometheus-client's threading WSGI server), so a slow scrape or probe never waits on the
 process's event loop, and a route must only read state the loop keeps up to date. With a
 token (``metrics_token``) every path answers 401 to a request without ``Authorization: Bearer
@@ -13,12 +13,10 @@ token (``metrics_token``) every path answers 401 to a request without ``Authoriz
 from __future__ import annotations
 
 import hmac
-import http
 import json
 import logging
 import sys
 import threading
-import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -26,13 +24,11 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from stream import lookup as lookups
-from stream.messages import LOOKUP_PATH
 from stream.settings import MetricsSettings
 
 log = logging.getLogger(__name__)
 
-# How long a batch's Python work may keep the GIL while the lookups' endpoint thread waits for
+# How long a batch's Python work may keep the GIL while the lookups' server thread waits for
 # it: Python's default 5 ms, paid at every hand-over, would be most of a lookup's latency
 # budget. A shorter interval costs nothing while no other thread waits. (Not in the faust
 # process: its consumer thread and event loop would trade the GIL ten times as often.)
@@ -47,17 +43,9 @@ class _QuietHandler(WSGIRequestHandler):
         """Probes every few seconds must not flood the process's log."""
 
 
-def _status(code: int) -> str:
-    return f"{code} {http.HTTPStatus(code).phrase}"
-
-
-def _lookup_request(user_id: str, environ: dict[str, Any]) -> lookups.LookupRequest:
-    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
-    partition = query.get("partition", [""])[0]
-    header = "HTTP_" + lookups.FORWARDED_HEADER.upper().replace("-", "_")
-    return lookups.LookupRequest(
-        user_id, int(partition) if partition.isdigit() else None, header in environ
-    )
+def authorized(given: str, token: str | None) -> bool:
+    """Whether an ``Authorization`` header value lets a request in (any, when no token)."""
+    return token is None or hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
 
 
 def _not_found(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -69,27 +57,15 @@ def wsgi_app(
     registry: CollectorRegistry | None,
     routes: Mapping[str, Route],
     token: str | None = None,
-    lookup: lookups.Lookup | None = None,
 ) -> Callable[..., Any]:
     """``registry`` None: no /metrics here."""
     metrics_app = _not_found if registry is None else make_wsgi_app(registry)
-    expected = None if token is None else f"Bearer {token}".encode()
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        given = environ.get("HTTP_AUTHORIZATION", "").encode()
-        if expected is not None and not hmac.compare_digest(given, expected):
+        if not authorized(environ.get("HTTP_AUTHORIZATION", ""), token):
             start_response("401 Unauthorized", [("WWW-Authenticate", "Bearer")])
             return [b"a bearer token is required\n"]
         path = environ.get("PATH_INFO", "")
-        user_id = None if lookup is None else lookups.match(path)
-        if lookup is not None and user_id is not None:
-            try:
-                answer = lookup(_lookup_request(user_id, environ))
-            except Exception as e:  # e.g. a store closing under it: an answer, never a 500 page
-                log.warning("lookup of %r failed", user_id, exc_info=True)
-                answer = lookups.Answer.error(503, f"lookup failed: {e!r}")
-            start_response(_status(answer.status), [("Content-Type", "application/json")])
-            return [answer.body]
         route = routes.get(path)
         if route is None:
             return metrics_app(environ, start_response)
@@ -111,9 +87,8 @@ def serve(
     port: int,
     registry: CollectorRegistry | None,
     routes: Mapping[str, Route] | None = None,
-    lookup: lookups.Lookup | None = None,
 ) -> int | None:
-    """Serve ``/metrics`` (unless ``registry`` is None), ``routes`` and ``lookup`` on
+    """Serve ``/metrics`` (unless ``registry`` is None) and ``routes`` on
     http://where.host:port in a daemon thread, behind ``where.token`` when set; port 0 = off.
 
     Returns the port, or None when off or when the port is busy: a busy port is logged, not
@@ -122,15 +97,11 @@ def serve(
     if not port:
         return None
     try:
-        bound = _start(
-            where.host, port, wsgi_app(registry, routes or {}, where.secret_token(), lookup)
-        )
+        bound = _start(where.host, port, wsgi_app(registry, routes or {}, where.secret_token()))
     except OSError as e:
         log.warning("endpoints not served on %s:%d: %s", where.host, port, e)
         return None
     paths = [*(["/metrics"] if registry is not None else []), *(routes or {})]
-    if lookup is not None:
-        paths.append(LOOKUP_PATH)
     log.info("serving %s on http://%s:%d", ", ".join(paths), where.host, bound)
     return bound
 
@@ -141,7 +112,7 @@ def serve_private(registry: CollectorRegistry) -> int:
 
 
 def answer_promptly() -> None:
-    """Let the endpoint thread of this process get the GIL quickly (``GIL_SWITCH_INTERVAL_S``)."""
+    """Let the server threads of this process get the GIL quickly (``GIL_SWITCH_INTERVAL_S``)."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
 

@@ -51,8 +51,8 @@ if TYPE_CHECKING:  # the worker's own process answers through its batch process:
 
 FORWARDED_HEADER = "X-Glintstream-Forwarded"
 ANY_HOST = ("0.0.0.0", "::", "")  # bound to every interface: advertise the host's name
-# the path with the user id captured: greedy, so an id holding "/" (sent as %2F, which the
-# server has decoded by now) still ends before the final "/recommendations"
+# the raw path with the (percent-encoded) user id captured: greedy, so an id whose "/" a client
+# left unencoded still ends before the final "/recommendations"
 _PATH = re.compile("^" + re.escape(LOOKUP_PATH).replace(re.escape("{user_id}"), "(.+)") + "$")
 
 
@@ -67,6 +67,13 @@ class Answer:
 
 
 @dataclass(frozen=True, slots=True)
+class Forward:
+    """A lookup the owner of the user's partition must answer: GET ``url`` there."""
+
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
 class LookupRequest:
     user_id: str
     partition: int | None  # set by the worker when it asks its own batch process
@@ -76,13 +83,12 @@ class LookupRequest:
 Lookup = Callable[[LookupRequest], Answer]
 
 
-def match(path: str) -> str | None:
-    """The user id of a lookup path (as the WSGI server decoded it), or None."""
-    found = _PATH.match(path)
+def match(raw_path: str) -> str | None:
+    """The user id of a lookup path as sent (percent-encoded, maybe with a query), or None."""
+    found = _PATH.match(raw_path.split("?", 1)[0])
     if found is None:
         return None
-    # WSGI servers decode the path as latin-1: recover the UTF-8 the client sent
-    return found.group(1).encode("latin-1").decode("utf-8", errors="replace")
+    return urllib.parse.unquote(found.group(1), errors="replace")
 
 
 def lookup_path(user_id: str) -> str:
@@ -165,9 +171,15 @@ class LookupRouter:
         self._own_url = own_url.rstrip("/")
         self._timeout_s = timeout_s
         self._token = token
-        self.routes: Routes | None = None  # replaced whole: read by the endpoint thread
+        self.routes: Routes | None = None  # replaced whole: read by the server's thread
 
     def __call__(self, request: LookupRequest) -> Answer:
+        """The answer, forwarded to the owner and waited for where needed."""
+        decision = self.route(request)
+        return decision if isinstance(decision, Answer) else self.forward(decision)
+
+    def route(self, request: LookupRequest) -> Answer | Forward:
+        """The answer from here, or where to forward the request; never waits on the network."""
         problem = user_id_problem(request.user_id)
         if problem is not None:
             return Answer.error(400, problem)
@@ -182,12 +194,11 @@ class LookupRouter:
         owner = routes.owners.get(partition, "").rstrip("/")
         if not owner or owner == self._own_url:
             return Answer.error(503, f"partition {partition} has no owner yet (rebalancing)")
-        return http_get(
-            owner + lookup_path(request.user_id),
-            self._token,
-            self._timeout_s,
-            {FORWARDED_HEADER: "1"},
-        )
+        return Forward(owner + lookup_path(request.user_id))
+
+    def forward(self, where: Forward) -> Answer:
+        """The owner's answer (blocks for up to the forward timeout)."""
+        return http_get(where.url, self._token, self._timeout_s, {FORWARDED_HEADER: "1"})
 
 
 def http_get(

@@ -4,6 +4,7 @@ answer with a clear status. Real HTTP servers and a real HTTP client over loopba
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -18,7 +19,7 @@ from confluent_kafka import Producer
 from conftest import Contract
 from pydantic import SecretStr
 
-from stream import endpoints
+from stream import lookup_server
 from stream.broker import free_port
 from stream.lookup import (
     FORWARDED_HEADER,
@@ -62,10 +63,9 @@ def test_the_partition_of_a_user_is_the_one_librdkafka_sends_their_clicks_to(
 
 @pytest.mark.parametrize("user", ["u1", "a/b", "é ü", "100%", "x/recommendations"])
 def test_a_lookup_path_names_its_user_exactly(user: str) -> None:
-    path = lookup_path(user)
-    # what a WSGI server hands over: percent-decoded, as latin-1
-    decoded = urllib.request.url2pathname(path).encode().decode("latin-1")
-    assert match(decoded) == user
+    assert match(lookup_path(user)) == user
+    assert match(lookup_path(user) + "?partition=3") == user
+    assert match("/users/a/b/recommendations") == "a/b"  # a "/" the client left unencoded
     assert match("/users//recommendations") is None and match("/metrics") is None
 
 
@@ -121,7 +121,7 @@ def workers(tmp_path: Path) -> Iterator[dict[str, FakeWorker]]:
         )
         router = LookupRouter(w.local(), owners[partition], timeout_s=2.0, token=TOKEN)
         router.routes = Routes(PARTITIONS, frozenset({partition}), owners)
-        endpoints.serve(where, ports[worker_id], None, lookup=router)
+        assert lookup_server.serve(where, ports[worker_id], router) == ports[worker_id]
         w.url = owners[partition]
         out[worker_id] = w
     yield out
@@ -206,7 +206,27 @@ def test_a_lookup_that_breaks_is_answered_503_not_a_500_page() -> None:
         raise RuntimeError("the store is closing")
 
     port = free_port()
-    endpoints.serve(MetricsSettings(host="127.0.0.1"), port, None, lookup=broken)
+    router = LookupRouter(broken, f"http://127.0.0.1:{port}", timeout_s=1.0, token=None)
+    router.routes = Routes(1, frozenset({0}), {})
+    lookup_server.serve(MetricsSettings(host="127.0.0.1"), port, router)
     status, body = get(f"http://127.0.0.1:{port}{lookup_path('u1')}", token=None)
     assert status == 503 and "the store is closing" in body["error"]
     assert get(f"http://127.0.0.1:{port}/metrics", token=None)[0] == 404  # lookups only
+    assert lookup_server.serve(MetricsSettings(host="127.0.0.1"), port, router) is None  # busy
+
+
+def test_one_connection_carries_many_lookups(workers: dict[str, FakeWorker]) -> None:
+    """Keep-alive: a client that keeps its connection pays no handshake per lookup."""
+    a = workers["a"]
+    user = user_in(0)
+    a.store.commit({}, {(0, user): recommendation(user, 0).to_bytes()}, {0: 41}, {0: 0})
+    connection = http.client.HTTPConnection("127.0.0.1", int(a.url.rsplit(":", 1)[1]), timeout=5)
+    for _ in range(3):
+        connection.request("GET", lookup_path(user), headers={"Authorization": f"Bearer {TOKEN}"})
+        response = connection.getresponse()
+        assert response.status == 200 and json.loads(response.read())["items"] == ["7", "9"]
+    sock = connection.sock
+    connection.request("GET", lookup_path(user), headers={"Authorization": f"Bearer {TOKEN}"})
+    connection.getresponse().read()
+    assert connection.sock is sock  # the same socket throughout: never closed by the server
+    connection.close()
