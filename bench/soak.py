@@ -15,7 +15,9 @@ when): per row (a minute by default) clicks sent, recommendations received, repe
 still without a recommendation, latency p50 / p99 / max (click ``produce`` call -> the
 recommendation received by the reader), lookup latency p50 / p99 (``lookups.csv``, answers
 with the user's own recommendations; failures counted), memory, then a verdict against the
-soak's targets.
+soak's targets. The lookup floor (``floor.csv``: the same client asking a server that answers
+at once, in a process of its own) says how much of a lookup's latency the loaded machine
+itself takes.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ class SoakResult:
     restore_s: float | None
     stall: StallReport | None
     lookup_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every own-user answer
+    floor_ms: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the floor's answers
 
     def verdicts(self) -> list[tuple[str, str, bool]]:
         out = [
@@ -233,6 +236,12 @@ class SoakResult:
             lines.append(f"| {target} | {measured} | {'met' if met else 'NOT met'} |")
         if self.restore_s is not None:
             lines.append(f"| restart after kill -9: ready again | {self.restore_s:.1f} s | |")
+        if len(self.floor_ms):
+            p50, p99 = np.percentile(self.floor_ms, [50, 99])
+            lines.append(
+                "| lookup floor: a fixed answer from a server of its own, same client and load "
+                f"| p50 {p50:.1f} / p99 {p99:.1f} ms over {len(self.floor_ms):,} lookups | |"
+            )
         return "\n".join(lines)
 
 
@@ -385,6 +394,7 @@ class Soak:
         self.work = config.work_dir
         self.metrics_port = free_port()
         self.lookup_port = free_port()
+        self.floor_port = free_port()
         self.samples: list[Sample] = []
         self.events: dict[int, str] = {}
 
@@ -460,7 +470,7 @@ class Soak:
         clicks = self.work / "clicks.tsv"
         write_clicks(data, clicks)
         acks_csv, recs_csv = self.work / "acks.csv", self.work / "recs.csv"
-        lookups_csv = self.work / "lookups.csv"
+        lookups_csv, floor_csv = self.work / "lookups.csv", self.work / "floor.csv"
         prometheus: PrometheusServer | None = None
         restore_s = None
         with Broker(port=0, run_dir=self.work / "broker") as broker:
@@ -489,16 +499,18 @@ class Soak:
                     str(acks_csv),
                 )
                 clients.append(producer)
-                clients.append(
-                    self._client(
-                        "lookup",
-                        f"http://127.0.0.1:{self.lookup_port}",
-                        str(clicks),
-                        str(c.rate),
-                        str(LOOKUP_INTERVAL_MS),
-                        str(lookups_csv),
+                clients.append(self._client("floor", str(self.floor_port)))
+                for port, out in ((self.lookup_port, lookups_csv), (self.floor_port, floor_csv)):
+                    clients.append(
+                        self._client(
+                            "lookup",
+                            f"http://127.0.0.1:{port}",
+                            str(clicks),
+                            str(c.rate),
+                            str(LOOKUP_INTERVAL_MS),
+                            str(out),
+                        )
                     )
-                )
                 killed, shown = False, 0
                 acks_seen, recs_seen = LineCounter(acks_csv), LineCounter(recs_csv)
                 while producer.poll() is None:
@@ -541,8 +553,18 @@ class Soak:
             self.events,
         )
         own = (lookups["status"] == 200) & (lookups["user_state"] == 1)
+        floor = read_rows(floor_csv, ("ms", "status"))
         result = SoakResult(
-            c, rows, acked, failed, missing, repeats, restore_s, stall, lookups["ms"][own]
+            c,
+            rows,
+            acked,
+            failed,
+            missing,
+            repeats,
+            restore_s,
+            stall,
+            lookups["ms"][own],
+            floor["ms"][floor["status"] == 200],
         )
         self._write(result)
         return result

@@ -3,6 +3,7 @@
     python -m bench.soak_clients produce BOOTSTRAP TOPIC CLICKS_TSV RATE SECONDS ACKS_CSV
     python -m bench.soak_clients read BOOTSTRAP TOPIC FETCH_WAIT_MS RECS_CSV
     python -m bench.soak_clients lookup WORKER_URL CLICKS_TSV RATE INTERVAL_MS LOOKUPS_CSV
+    python -m bench.soak_clients floor PORT
 
 Nothing here imports glintstream: the producer is a plain confluent-kafka ``Producer`` with its
 default settings, one ``produce`` per click at a fixed rate, the reader a plain ``Consumer`` of
@@ -14,10 +15,17 @@ new one only after a failure (a restarted worker); the time of that reconnect co
 its ``produce`` call, which the worker echoes as ``click_ts``, so the reader measures
 click -> recommendation latency on this host's clock without joining anything. Both append CSV
 rows as they go (flushed every second) and stop cleanly on SIGTERM.
+
+The floor is the lookups' yardstick: an HTTP server in a process of its own that answers every
+GET at once with a fixed body of a lookup answer's size, on the same HTTP stack as the worker's
+(aiohttp). A second lookup client asks it as often as the first asks the worker, under the same
+load, so what it measures is the machine's share of a lookup's latency: scheduling, loopback,
+the client, with no store, no model and no GIL shared with a busy thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import csv
 import http.client
@@ -194,6 +202,28 @@ def lookup(url: str, clicks: Path, rate: float, interval_s: float, out: Path) ->
     return 0
 
 
+FLOOR_BODY = json.dumps(
+    {"source": "floor", "items": [str(i) for i in range(10)], "scores": [1.0] * 10}
+).encode()
+
+
+def floor(port: int) -> int:
+    from aiohttp import web  # only this command needs it
+
+    async def answer(request: web.BaseRequest) -> web.Response:
+        return web.Response(body=FLOOR_BODY, content_type="application/json")
+
+    async def serve() -> None:
+        stop = _Stop()
+        loop = asyncio.get_running_loop()
+        await loop.create_server(web.Server(answer, access_log=None), "127.0.0.1", port)
+        while not stop.requested:
+            await asyncio.sleep(0.2)
+
+    asyncio.run(serve())
+    return 0
+
+
 def main(argv: list[str]) -> int:
     command, *args = argv
     if command == "produce":
@@ -205,6 +235,9 @@ def main(argv: list[str]) -> int:
     if command == "lookup":
         url, clicks, rate, interval_ms, out = args
         return lookup(url, Path(clicks), float(rate), float(interval_ms) / 1000, Path(out))
+    if command == "floor":
+        (port,) = args
+        return floor(int(port))
     print(__doc__, file=sys.stderr)
     return 2
 

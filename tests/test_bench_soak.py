@@ -49,6 +49,9 @@ def test_bench_soak_quick(tmp_path: Path) -> None:
     table = result.table()
     assert "| every acked click answered |" in table and "met |" in table
     assert "| lookup p99 <= 10 ms (users with state, whole run) |" in table
+    # the floor server answered the second lookup client all along, the kill's row included
+    assert len(result.floor_ms) > 0.5 * len(result.lookup_ms) and (result.floor_ms > 0).all()
+    assert "| lookup floor: a fixed answer from a server of its own" in table
 
 
 def test_the_line_counter_reads_only_complete_new_lines(tmp_path: Path) -> None:
