@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from test_cli import glintstream_exe
 
 from stream.broker import Broker
+from stream.finetune import FinetuneJob
 from stream.settings import Settings, env_name, load_settings
 from stream.topics import BrokerRefused, BrokerUnreachable, ensure_reachable
 
@@ -62,6 +64,36 @@ def test_produce_and_tail_over_mutual_tls(
             assert None not in got, f"{len(got)} of 40 read"
     finally:
         consumer.close()
+
+
+def test_the_finetune_job_consumes_over_mutual_tls(
+    tls_broker: Broker, pki: dict[str, Path], tmp_path: Path, unique_name
+) -> None:
+    """The job's own consumer loop (``FinetuneJob.consume``) stores every click sent over TLS."""
+    env, topic = client_env(tls_broker.bootstrap_servers, pki), unique_name("clicks")
+    produced = glintstream(
+        env, "produce", "--dataset", "synthetic", "--limit", "40", "--topic", topic, "--no-progress"
+    )
+    assert produced.returncode == 0, produced.stderr
+    settings = client(
+        tls_broker,
+        pki,
+        topic_clicks=topic,
+        state_dir=tmp_path / "state",
+        registry_dir=tmp_path / "registry",
+        finetune_group_id=unique_name("finetune"),
+        finetune_every_clicks=1_000_000,  # store only: no run in this test
+        finetune_every_s=3600.0,
+        device="cpu",
+    )
+    job = FinetuneJob(settings)
+    deadline = time.monotonic() + 60
+    try:
+        job.consume(lambda: job.store.tick >= 40 or time.monotonic() > deadline)
+        assert job.store.tick == 40 and len(job.store) > 0
+        assert sum(job.store.offset(p) + 1 for p in range(settings.topics.partitions)) == 40
+    finally:
+        job.close()
 
 
 async def test_the_workers_faust_clients_over_mutual_tls(
