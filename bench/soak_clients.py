@@ -11,9 +11,10 @@ the recommendations, and the lookup client a plain HTTP client asking the worker
 latest recommendations every INTERVAL_MS (``GET /users/{id}/recommendations``), a user drawn
 from those the producer has sent clicks of by then (it paces itself on RATE). Like a service
 calling the worker through a connection pool, it keeps one HTTP/1.1 connection open and opens a
-new one only after a failure (a restarted worker); the time of that reconnect counts. The producer stamps each click's ``ts`` with the moment of
-its ``produce`` call, which the worker echoes as ``click_ts``, so the reader measures
-click -> recommendation latency on this host's clock without joining anything. Both append CSV
+new one only after a failure (a restarted worker); the time of that reconnect counts. The
+producer stamps each click's ``ts`` with the moment of its ``produce`` call, which the worker
+echoes as ``click_ts``, so the reader measures click -> recommendation latency on this host's
+clock without joining anything. Both append CSV
 rows as they go (flushed every second) and stop cleanly on SIGTERM.
 
 The floor is the lookups' yardstick: an HTTP server in a process of its own that answers every

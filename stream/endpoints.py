@@ -1,11 +1,11 @@
 """The HTTP endpoints of a glintstream process, on its metrics port.
 
 ``/metrics`` is the Prometheus exposition of the process's registry; other paths are JSON
-routes the process registers (``/healthz``, ``/readyz``). A route answers
-``(ok, body)``: 200 when ok, 503 when not, the body as JSON. A worker's batch process serves
-``GET /users/{user_id}/recommendations`` on a port of its own (``stream.lookup_server``). The server runs in a daemon thread
-(prometheus-client's threading WSGI server), so a slow scrape or probe never waits on the
-process's event loop, and a route must only read state the loop keeps up to date. With a
+routes the process registers (``/healthz``, ``/readyz``). A route answers ``(ok, body)``: 200
+when ok, 503 when not, the body as JSON. (A worker's batch process serves ``GET
+/users/{user_id}/recommendations`` on a port of its own: ``stream.lookup_server``.) The server
+runs in a daemon thread (prometheus-client's threading WSGI server), so a slow scrape or probe
+never waits on the process's event loop, and a route must only read state the loop keeps up to date. With a
 token (``metrics_token``) every path answers 401 to a request without ``Authorization: Bearer
 <token>``.
 """

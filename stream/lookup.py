@@ -76,7 +76,7 @@ class Forward:
 @dataclass(frozen=True, slots=True)
 class LookupRequest:
     user_id: str
-    partition: int | None  # set by the worker when it asks its own batch process
+    partition: int | None  # the user's partition, once the router has worked it out
     forwarded: bool  # came from another worker: answer here or fail, never forward again
 
 

@@ -34,15 +34,6 @@ class Router(Protocol):
     def forward(self, where: Forward) -> Answer: ...
 
 
-def request_of(user_id: str, request: web.BaseRequest) -> LookupRequest:
-    partition = request.query.get("partition", "")
-    return LookupRequest(
-        user_id,
-        int(partition) if partition.isdigit() else None,
-        FORWARDED_HEADER in request.headers,
-    )
-
-
 def handler(router: Router, token: str | None) -> web.Server:
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         if not endpoints.authorized(request.headers.get("Authorization", ""), token):
@@ -55,7 +46,8 @@ def handler(router: Router, token: str | None) -> web.Server:
         if request.method != "GET" or user_id is None:
             return web.Response(status=404, text="not found\n")
         try:
-            decision = router.route(request_of(user_id, request))
+            forwarded = FORWARDED_HEADER in request.headers
+            decision = router.route(LookupRequest(user_id, None, forwarded))
             if isinstance(decision, Forward):
                 loop = asyncio.get_running_loop()
                 decision = await loop.run_in_executor(None, router.forward, decision)
