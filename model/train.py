@@ -137,7 +137,7 @@ def train(config: TrainConfig, data: SequenceData | None = None) -> dict:
     data = data or load_dataset(config.dataset, config.data_dir)
     split: Split = leave_one_out(data)
     counts = item_counts(split.train, data.num_items)
-    model, kind, model_config = _start_model(config, data)
+    model, kind, model_config, start_sha256 = _start_model(config, data)
     history: list[dict] = []
     started = time.monotonic()
 
@@ -151,7 +151,8 @@ def train(config: TrainConfig, data: SequenceData | None = None) -> dict:
             vocab=data.vocab,
             dataset=data.name,
             metrics=metrics,
-            extra={"train_config": train_config},
+            # the starting weights by content: init_from names a path, which may change hands
+            extra={"train_config": train_config, "init_from_sha256": start_sha256},
         )
 
     def save_best_so_far(epoch: int) -> None:
@@ -181,14 +182,19 @@ def train(config: TrainConfig, data: SequenceData | None = None) -> dict:
     return metrics
 
 
-def _start_model(config: TrainConfig, data: SequenceData) -> tuple[SequentialRecommender, str, Any]:
-    """The model to train, on its device (from ``init_from``'s weights if given)."""
+def _start_model(
+    config: TrainConfig, data: SequenceData
+) -> tuple[SequentialRecommender, str, Any, str | None]:
+    """The model to train, on its device (from ``init_from``'s weights if given), and the
+    sha256 of those weights (None: a fresh model)."""
     model, kind, model_config = build_model(config, data.num_items)
+    start_sha256 = None
     if config.init_from is not None:
         start, manifest = load_checkpoint(config.init_from)
         if manifest["vocab"] != data.vocab or manifest["config"] != asdict(model_config):
             raise ValueError(f"{config.init_from} has another vocabulary or model configuration")
         model.load_state_dict(start.state_dict())
+        start_sha256 = manifest["weights_sha256"]
     model.to(config.device)
     log.info(
         "%s on %s: %d users, %d items, %d parameters",
@@ -198,7 +204,7 @@ def _start_model(config: TrainConfig, data: SequenceData) -> tuple[SequentialRec
         data.num_items,
         sum(p.numel() for p in model.parameters()),
     )
-    return model, kind, model_config
+    return model, kind, model_config, start_sha256
 
 
 def _epoch(

@@ -179,6 +179,11 @@ def test_training_continues_from_a_checkpoint(tmp_path: Path):
         replace(base, out_dir=tmp_path / "b", epochs=0, init_from=tmp_path / "a"), data=data
     )
     assert again["test"] == first["test"]
+    # the continuation names its starting weights by content, not only by their path
+    start = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    continued = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert continued["extra"]["init_from_sha256"] == start["weights_sha256"]
+    assert start["extra"]["init_from_sha256"] is None
     with pytest.raises(ValueError, match="another vocabulary"):
         train(
             replace(base, out_dir=tmp_path / "c", hidden_size=8, init_from=tmp_path / "a"),
