@@ -508,12 +508,11 @@ class StreamBench:
         ensure_topics(self.settings, [topic], self.config.partitions)
         reader = OutputReader(self.settings, topic, parse=True)
         reader.start()
-        settings: dict[str, object] = {**settings_env(self.config.worker_settings)}
         metrics_port = free_port() if metrics else 0
         proc = self._start(
             name,
             {
-                **settings,
+                **settings_env(self.config.worker_settings),
                 "GLINTSTREAM_WORKER_APP_ID": f"bench-{name}",
                 "GLINTSTREAM_CHECKPOINT_DIR": checkpoint,
                 "GLINTSTREAM_SCORING_MODE": mode,

@@ -34,7 +34,9 @@ class Router(Protocol):
     def forward(self, where: Forward) -> Answer: ...
 
 
-def handler(router: Router, token: str | None) -> web.Server:
+def http_server(router: Router, token: str | None) -> web.Server:
+    """aiohttp's low-level server answering lookups through ``router``."""
+
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         if not endpoints.authorized(request.headers.get("Authorization", ""), token):
             return web.Response(
@@ -71,7 +73,7 @@ def serve(where: MetricsSettings, port: int, router: Router) -> int | None:
     token = where.secret_token()
 
     async def start() -> None:
-        server = handler(router, token)
+        server = http_server(router, token)
         listening = await asyncio.get_running_loop().create_server(server, where.host, port)
         bound.set_result(int(listening.sockets[0].getsockname()[1]))
 
