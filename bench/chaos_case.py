@@ -231,12 +231,15 @@ class CaseRun:
                     time.sleep(ahead)
             while pending:
                 self._junk(pending.pop())
-        except KafkaException as e:  # a fatal producer error (e.g. idempotence lost by the broker)
+            # librdkafka retries until the broker is back (message.timeout.ms); never give up early
+            left = self.producer.flush(self.config.step_timeout_s)
+        except KafkaException as e:
+            # A fatal producer error, raised by produce() or by flush(): the broker forgot the
+            # idempotent producer's sequence numbers (Tansu's s3:// engine, during or even
+            # before a restart). It ends this producer: one failure, the case's verdict counts it.
             self.ledger.failed.append(f"producer failed after {i} of {len(events)} clicks: {e}")
             log.error("%s: %s", self.name, self.ledger.failed[-1])
             return
-        # librdkafka retries until the broker is back (message.timeout.ms); never give up early
-        left = self.producer.flush(self.config.step_timeout_s)
         self.ledger.failed += [f"not acked in {self.config.step_timeout_s}s"] * left
 
     def _junk(self, junk: Junk) -> None:
