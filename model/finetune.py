@@ -27,6 +27,7 @@ from torch import Tensor
 from model.evaluate import masked_ranks, metrics_from_ranks, represent, score_fn
 from model.glintru import GlintRU, build_glintru
 from model.steps import LossStep, loss_steps
+from model.weighting import TargetWeighting
 
 K = 10  # the cut-off of the gate's figures: HR@10 and NDCG@10
 GATE_METRIC = f"NDCG@{K}"
@@ -249,11 +250,15 @@ def weights_finite(model: torch.nn.Module) -> bool:
 
 # ----------------------------------------------------------------------------- training
 def _cycled(
-    model: GlintRU, sequences: list[np.ndarray], batch_size: int, rng: np.random.Generator
+    model: GlintRU,
+    sequences: list[np.ndarray],
+    batch_size: int,
+    rng: np.random.Generator,
+    weighting: TargetWeighting,
 ) -> Iterator[LossStep]:
     """The training loss steps, epoch after epoch, until the caller stops."""
     while True:
-        yield from loss_steps(model, sequences, batch_size, rng)
+        yield from loss_steps(model, sequences, batch_size, rng, weighting=weighting)
 
 
 def finetune(
@@ -264,11 +269,13 @@ def finetune(
     *,
     batch_size: int = 32,
     seed: int = 0,
+    weighting: TargetWeighting = TargetWeighting.STEP,
 ) -> GlintRU:
     """A fine-tuned copy of ``model`` (eval mode) after ``steps`` Adam steps on ``sequences``.
 
     The input model is left untouched: it is the "current" side of the gate. A non-finite loss
     stops training early; ``weights_finite`` and the gate then keep the result out.
+    ``weighting``: how a step weighs its targets (``model.steps``).
     """
     usable = [s for s in sequences if len(s) >= 2]
     tuned = copy.deepcopy(model).train()
@@ -277,7 +284,7 @@ def finetune(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
-    for _, loss_fn in zip(range(steps), _cycled(tuned, usable, batch_size, rng)):
+    for _, loss_fn in zip(range(steps), _cycled(tuned, usable, batch_size, rng, weighting)):
         loss = loss_fn()
         if not torch.isfinite(loss):
             break

@@ -185,13 +185,20 @@ class FinetuneJob:
             "num_items": grown.num_items,
             "steps": opts.steps,
             "lr": opts.lr,
+            "target_weighting": opts.target_weighting.value,
             "tolerance": opts.tolerance,
             "carried_runs": 0 if carried is None else carried.runs,
         }
         if len(holdout) < opts.min_holdout_users:
             return RunResult(RunOutcome.SKIPPED, parent, figures=figures)
         tuned = finetune(
-            grown, train, opts.steps, opts.lr, batch_size=opts.batch_size, seed=opts.seed
+            grown,
+            train,
+            opts.steps,
+            opts.lr,
+            batch_size=opts.batch_size,
+            seed=opts.seed,
+            weighting=opts.target_weighting,
         )
         self.trained_tick = tick  # a run skipped, or failed before this, leaves them recent
         # each side judged on what the workers would rank: its fresh items are not

@@ -33,6 +33,7 @@ from model.locations import (
     default_state_dir,
 )
 from model.new_items import NewItemInit
+from model.weighting import TargetWeighting
 from stream import kafka_config
 from stream.messages import ScoringMode
 
@@ -310,6 +311,7 @@ class FinetuneSettings(BaseSettings):
     steps: int = 20  # Adam steps per run: bounds its time
     lr: float = 3e-4  # small: it starts from a trained model
     batch_size: int = 32  # windows (or whole users, streaming variant) per step
+    target_weighting: TargetWeighting = TargetWeighting.STEP  # see model/steps.py
     holdout_users: int = 200  # most recently active users whose last click is held out
     recent_share: float = (
         0.5  # of a run's users, those active since the last run (the rest: replay)

@@ -36,6 +36,7 @@ from model.finetune import (
 from model.glintru import GlintRU, GlintRUConfig, build_glintru
 from model.new_items import FRESH_ITEMS, add_fresh, carry_fresh, fresh_items
 from model.registry import Registry
+from model.weighting import TargetWeighting
 from stream.broker import free_port
 from stream.finetune import FinetuneJob
 from stream.finetune_store import RecentClicks, StoredClick
@@ -233,6 +234,19 @@ def test_streaming_variant_fine_tunes_with_the_chunk_loss() -> None:
     assert weights_finite(tuned) and not tuned.training
     changed = tuned.item_embedding.weight != model.item_embedding.weight
     assert changed.any()
+
+
+@pytest.mark.parametrize("variant", ["faithful", "streaming"])
+def test_the_target_weighting_reaches_the_fine_tune(variant: str) -> None:
+    model = tiny(variant)
+    uneven = [s[: 3 + i % 20] for i, s in enumerate(drifting(32, seed=4))]  # short and long users
+    step, equal = (
+        finetune(model, uneven, steps=2, lr=LR, weighting=w)
+        for w in (TargetWeighting.STEP, TargetWeighting.EQUAL)
+    )
+    again = finetune(model, uneven, steps=2, lr=LR, weighting=TargetWeighting.EQUAL)
+    assert torch.equal(equal.item_embedding.weight, again.item_embedding.weight)  # seeded
+    assert not torch.equal(step.item_embedding.weight, equal.item_embedding.weight)
 
 
 def test_fine_tuned_model_beats_the_frozen_one_after_the_drift(frozen: GlintRU) -> None:
