@@ -311,7 +311,8 @@ class FinetuneSettings(BaseSettings):
     steps: int = 20  # Adam steps per run: bounds its time
     lr: float = 3e-4  # small: it starts from a trained model
     batch_size: int = 32  # windows (or whole users, streaming variant) per step
-    target_weighting: TargetWeighting = TargetWeighting.STEP  # see model/steps.py
+    # every target the same, as the served checkpoint was trained (docs/online.md)
+    target_weighting: TargetWeighting = TargetWeighting.EQUAL
     holdout_users: int = 200  # most recently active users whose last click is held out
     recent_share: float = (
         0.5  # of a run's users, those active since the last run (the rest: replay)
