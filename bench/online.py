@@ -58,6 +58,7 @@ from model.data import load_dataset
 from model.finetune import finetune, grow_vocabulary, item_contexts, to_indices
 from model.glintru import GlintRU
 from model.train import TrainConfig, train
+from model.weighting import TargetWeighting
 from stream.broker import Broker, free_port
 from stream.clicks import Click
 from stream.finetune import recent_clicks
@@ -97,6 +98,7 @@ class OnlineBenchConfig:
     # the oracle continues training as `glintstream train` trains
     oracle_lr: float = TrainConfig.lr
     oracle_batch_size: int = TrainConfig.batch_size
+    oracle_weighting: TargetWeighting = TrainConfig.target_weighting
     partitions: int = 8
     arms: tuple[str, ...] = ARMS
     bootstrap_servers: str | None = None  # None: a private embedded broker
@@ -665,7 +667,13 @@ class OnlineBench:
                 sequences = to_indices(history, vocab)
                 steps = math.ceil(c.oracle_epochs * len(sequences) / c.oracle_batch_size)
                 model = finetune(
-                    model, sequences, steps, c.oracle_lr, batch_size=c.oracle_batch_size, seed=s
+                    model,
+                    sequences,
+                    steps,
+                    c.oracle_lr,
+                    batch_size=c.oracle_batch_size,
+                    seed=s,
+                    weighting=c.oracle_weighting,
                 )
                 steps_total += steps
                 log.info(

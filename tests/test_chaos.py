@@ -57,9 +57,10 @@ def test_no_click_lost_or_doubly_applied_and_no_crash(
     broker_fault = r.broker_lost or r.changelog_holes or r.unacked
     if case == "(c)" and (broker_fault or r.timed_out):
         # Tansu's s3:// engine sometimes drops an acked batch or the idempotent producers'
-        # sequence state in a restart, or even before it (README, Durability). The worker's share must still hold:
-        # it retries with a new producer instead of crashing, and serves every click the broker
-        # kept; the benchmark then waits in vain for the clicks that are gone.
+        # sequence state in a restart, or even before it (README, Durability). The worker's
+        # share must still hold: it retries with a new producer instead of crashing, and serves
+        # every click the broker kept; the benchmark then waits in vain for the clicks that are
+        # gone.
         assert (r.lost, r.no_rec, r.crashes) == (0, 0, 0), table([r])
         pytest.xfail(f"the broker lost data or producer state in its restart:\n{table([r])}")
     assert (r.lost, r.no_rec, r.broker_lost, r.unacked) == (0, 0, 0, 0), table([r])
