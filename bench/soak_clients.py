@@ -14,8 +14,8 @@ calling the worker through a connection pool, it keeps one HTTP/1.1 connection o
 new one only after a failure (a restarted worker); the time of that reconnect counts. The
 producer stamps each click's ``ts`` with the moment of its ``produce`` call, which the worker
 echoes as ``click_ts``, so the reader measures click -> recommendation latency on this host's
-clock without joining anything. Both append CSV
-rows as they go (flushed every second) and stop cleanly on SIGTERM.
+clock without joining anything. Both append CSV rows as they go (flushed every second) and stop
+cleanly on SIGTERM.
 
 The floor is the lookups' yardstick: an HTTP server in a process of its own that answers every
 GET at once with a fixed body of a lookup answer's size, on the same HTTP stack as the worker's

@@ -5,9 +5,9 @@ routes the process registers (``/healthz``, ``/readyz``). A route answers ``(ok,
 when ok, 503 when not, the body as JSON. (A worker's batch process serves ``GET
 /users/{user_id}/recommendations`` on a port of its own: ``stream.lookup_server``.) The server
 runs in a daemon thread (prometheus-client's threading WSGI server), so a slow scrape or probe
-never waits on the process's event loop, and a route must only read state the loop keeps up to date. With a
-token (``metrics_token``) every path answers 401 to a request without ``Authorization: Bearer
-<token>``.
+never waits on the process's event loop, and a route must only read state the loop keeps up to
+date. With a token (``metrics_token``) every path answers 401 to a request without
+``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations

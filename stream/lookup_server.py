@@ -3,9 +3,9 @@
 It runs in the batch process (which holds the store), on an asyncio loop in a thread of its
 own, with aiohttp: HTTP/1.1 keep-alive and a C parser, so a client that keeps its connection
 open pays neither a TCP handshake nor a thread per request; a local answer is one RocksDB read
-and two pydantic conversions (``stream.lookup.LocalLookup``). A lookup the owner of another partition must
-answer is forwarded from a pool thread, so a slow owner never holds up local answers. The
-routing itself is ``stream.lookup``'s.
+and two pydantic conversions (``stream.lookup.LocalLookup``). A lookup the owner of another
+partition must answer is forwarded from a pool thread, so a slow owner never holds up local
+answers. The routing itself is ``stream.lookup``'s.
 """
 
 from __future__ import annotations
